@@ -1,0 +1,50 @@
+# The project's vocabulary: setup demo test lint bench crds e2e image. CI calls `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test unit integration lint typecheck bench crds e2e image clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	bash scripts/ensure-redis.sh
+
+demo: $(STAMP)
+	$(PY) -m llmkeys_operator.cli demo --manifests examples/standalone
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check operator proxy tests bench
+	$(VENV)/bin/ruff format --check operator proxy tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(PY) -m pytest tests -q
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+integration: setup
+	$(PY) -m pytest tests/integration -q
+
+crds: $(STAMP)
+	$(PY) -m llmkeys_operator.cli crds --out crds
+
+e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e -q -m e2e
+
+bench: setup
+	$(PY) -m bench
+
+image:
+	docker build -t llmkeys:dev .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

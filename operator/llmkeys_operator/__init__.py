@@ -1,0 +1,1 @@
+"""llmkeys control plane: reconciles VirtualKey, ProviderCredential and LLMPolicy resources."""

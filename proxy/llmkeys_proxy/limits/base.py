@@ -1,0 +1,155 @@
+"""The limiter interface every backend implements (Redis for fleets, in-process for standalone).
+
+Called by the proxy's request pipeline: `reserve` before forwarding (one atomic check-and-reserve
+of every counter a request touches), then exactly one of `settle` (actual usage known) or `refund`
+(upstream failed). The operator's usage sync calls `read_usage` and `seed_usage`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from llmkeys_proxy import config
+
+DenyCode = Literal[
+    "rate_limit_exceeded",  # requests per minute
+    "token_limit_exceeded",  # tokens per minute / day / month, or max tokens of one request
+    "budget_exceeded",  # the key's monthly spend cap
+    "pool_budget_exceeded",  # a shared pool (LLMPolicy budget) is exhausted
+]
+
+
+class LimiterUnavailable(Exception):
+    """The backend could not be reached or answered too late; the caller applies
+    the key's `on_limiter_unavailable` (Reject -> 503 limiter_unavailable, Allow -> forward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimit:
+    """A pool's caps as the limiter sees them."""
+
+    pool_id: str
+    spend_per_month_micro_usd: int | None
+    tokens_per_month: int | None
+    month_usage_seed: config.UsageSeed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """What one request wants to reserve (estimates, before the upstream answers)."""
+
+    key_id: str
+    limits: config.Limits
+    pools: tuple[PoolLimit, ...]
+    estimated_tokens: int  # prompt estimate + requested output cap
+    estimated_micro_usd: int
+    now: datetime  # UTC; periods (minute window, day, month) derive from it
+    month_usage_seed: config.UsageSeed | None = None
+    day_usage_seed: config.UsageSeed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """For the OpenAI-style x-ratelimit-* headers; None where the key has no such limit."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Handle of an admitted request's reservation; pass it back to settle or refund."""
+
+    id: str
+    key_id: str
+    pool_ids: tuple[str, ...]
+    tokens: int
+    micro_usd: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Outcome of `reserve`: admitted with a reservation, or denied with a code and retry time."""
+
+    allowed: bool
+    reservation: Reservation | None = None
+    code: DenyCode | None = None
+    message: str = ""
+    retry_after_s: float | None = None  # None: retrying will not help before the period ends
+    exhausted: bool = False  # a budget/period cap, not a rolling window: send x-should-retry: false
+    rate: RateState = field(default_factory=RateState)
+
+
+@dataclass(frozen=True, slots=True)
+class ActualUsage:
+    """What a finished request really cost (from the provider's usage, or counted locally)."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    micro_usd: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodUsage:
+    """Counters of one key or pool for one UTC period."""
+
+    period: str  # "YYYY-MM" or "YYYY-MM-DD"
+    requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    micro_usd: int = 0
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """Day and month usage of one key or pool."""
+
+    day: PeriodUsage
+    month: PeriodUsage
+
+
+class Limiter(abc.ABC):
+    """One interface, two backends (`RedisLimiter`, `MemoryLimiter`), one shared test suite."""
+
+    @abc.abstractmethod
+    async def reserve(self, request: ReserveRequest) -> Decision:
+        """Atomically check every limit and, if all admit, reserve the estimate against them."""
+
+    @abc.abstractmethod
+    async def settle(self, reservation: Reservation, usage: ActualUsage, now: datetime) -> None:
+        """Replace the reservation with actual usage (counters, windows, spend)."""
+
+    @abc.abstractmethod
+    async def refund(self, reservation: Reservation, now: datetime) -> None:
+        """Drop the reservation: the request was not served (upstream failure)."""
+
+    @abc.abstractmethod
+    async def read_usage(
+        self, key_ids: list[str], pool_ids: list[str], now: datetime
+    ) -> dict[str, UsageSnapshot]:
+        """Usage of keys and pools for the current UTC day and month, in one pipelined call."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend answers (for /readyz)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
