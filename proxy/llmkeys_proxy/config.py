@@ -88,24 +88,34 @@ class KeyEntry(_Model):
     #: Provider credential names (``namespace/name`` of ProviderCredentials) the key may use;
     #: empty means none. The compiler already intersected the key's and policies' provider lists.
     providers: tuple[str, ...] = ()
-    #: Model globs the key may use (after intersection with policies); `denied_models` wins.
-    models: tuple[str, ...] = ()
+    #: Model allowlists, ANDed: a model is allowed when it matches a glob of EVERY list (the key's
+    #: own list and each selecting policy's list stay separate, because glob sets do not intersect
+    #: into one glob list). An empty tuple allows no model; (("*",),) allows all.
+    model_allowlists: tuple[tuple[str, ...], ...] = ()
+    #: Model globs the key may never use; wins over every allowlist.
     denied_models: tuple[str, ...] = ()
     limits: Limits = Limits()
     #: Output tokens reserved when a request names no max_tokens (policy default or built-in).
     default_output_reservation: int = Field(default=1024, ge=0)
     expires_at: datetime | None = None
     suspended: bool = False
+    #: Set when the key breaks a policy: the proxy refuses it (403 key_policy_violation) with this
+    #: message, which names the policy and field and never contains secret material.
+    policy_violation: str | None = None
     pools: tuple[str, ...] = ()
     on_limiter_unavailable: LimiterFailureMode = "Reject"
     month_usage_seed: UsageSeed | None = None
     day_usage_seed: UsageSeed | None = None
 
     def model_allowed(self, model: str) -> bool:
-        """Glob allowlist minus glob denylist."""
+        """Every allowlist admits the model and no denied glob matches it."""
         if any(fnmatch.fnmatchcase(model, pat) for pat in self.denied_models):
             return False
-        return any(fnmatch.fnmatchcase(model, pat) for pat in self.models)
+        if not self.model_allowlists:
+            return False
+        return all(
+            any(fnmatch.fnmatchcase(model, pat) for pat in allowlist) for allowlist in self.model_allowlists
+        )
 
 
 class KeysShard(_Model):
