@@ -1,22 +1,34 @@
 """The llmkeys.io/v1alpha1 API: pydantic models of VirtualKey, ProviderCredential and LLMPolicy.
 
 The source of truth for the three CRDs: `crdgen` renders `crds/*.yaml` from these models (field
-docstrings become the descriptions `kubectl explain` shows), `compile` reads them, handlers parse
+docstrings become the descriptions `kubectl explain` shows; `cel_rules` become the
+`x-kubernetes-validations` the apiserver evaluates), `compile` reads them, handlers parse
 Kubernetes bodies into them. Spec is desired state; status is observed state.
+
+The CEL rules are also checked in Python when a model is built, with the same messages, so
+manifests that never meet an apiserver (standalone mode) are held to the same static rules.
+
+Money is a decimal USD amount written as a string (`"12.5"`): a CRD schema cannot accept both
+decimal numbers and strings while staying structural (`x-kubernetes-int-or-string` drops
+fractions), so the schema says string with a pattern, and Python also accepts a number.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 GROUP = "llmkeys.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "llmkeys.io/v1alpha1"
 
 ProviderType = Literal[
     "openai",
@@ -28,11 +40,44 @@ ProviderType = Literal[
     "openai-compatible",
     "mock",
 ]
+PROVIDER_TYPES: tuple[str, ...] = ProviderType.__args__  # type: ignore[attr-defined]
+
+#: Owner fields as spelled in manifests (policy `requiredOwnerFields`, budget `groupBy`).
+OwnerField = Literal["user", "team", "app", "agent", "service", "environment", "costCenter"]
+OWNER_FIELDS: tuple[str, ...] = OwnerField.__args__  # type: ignore[attr-defined]
 
 # Bounds shared by the CRD schemas (structural schemas need maxLength/maxItems everywhere).
 NAME_MAX = 253
 GLOB_MAX = 256
 LIST_MAX = 256
+MAP_MAX = 256
+LABELS_MAX = 64
+
+#: Go-style durations limited to whole units: 30d, 12h, 1w2d, 90s.
+DURATION_PATTERN = r"^([0-9]+(s|m|h|d|w))+$"
+#: Decimal USD: up to 8 integer digits and 6 decimals (micro-USD is exact).
+USD_PATTERN = r"^[0-9]{1,8}(\.[0-9]{1,6})?$"
+
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+Glob = Annotated[str, Field(min_length=1, max_length=GLOB_MAX)]
+Duration = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=317)]
+LabelValue = Annotated[str, Field(max_length=63)]
+#: Decimal USD; a string with a pattern in the CRD, a string or a number in Python.
+UsdAmount = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=6),
+    WithJsonSchema({"type": "string", "pattern": USD_PATTERN, "maxLength": 15}),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CelRule:
+    """A static check: CEL for the apiserver plus the same check in Python, with one message."""
+
+    rule: str
+    message: str
+    holds: Callable[[Any], bool]
 
 
 class ApiModel(BaseModel):
@@ -45,14 +90,49 @@ class ApiModel(BaseModel):
         use_attribute_docstrings=True,
     )
 
+    #: Rules rendered into the CRD as `x-kubernetes-validations` and checked on construction.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler.resolve_ref_schema(handler(schema))
+        if cls.cel_rules:
+            json_schema["x-kubernetes-validations"] = [
+                {"rule": rule.rule, "message": rule.message} for rule in cls.cel_rules
+            ]
+        return json_schema
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Any:
+        for rule in type(self).cel_rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
+
+
+def _lower_or_equal(a: Any, b: Any) -> bool:
+    return a is None or b is None or a <= b
+
 
 # ----------------------------------------------------------------------------------------- shared
+
+
+def _condition_schema_extra(schema: dict[str, Any]) -> None:
+    # metav1.Condition requires message (it may be empty); Python defaults it to "".
+    schema["required"] = sorted({*schema.get("required", []), "message"})
 
 
 class Condition(ApiModel):
     """A metav1.Condition."""
 
-    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+    model_config = ConfigDict(json_schema_extra=_condition_schema_extra)
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
     """Type of condition in CamelCase, e.g. Ready."""
     status: Literal["True", "False", "Unknown"]
     """Status of the condition: True, False or Unknown."""
@@ -78,21 +158,41 @@ class SecretKeyRef(ApiModel):
 class LabelSelectorRequirement(ApiModel):
     """A label selector requirement (metav1.LabelSelectorRequirement)."""
 
-    key: str = Field(max_length=317)
+    cel_rules = (
+        CelRule(
+            rule="self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0"
+            " : !has(self.values) || size(self.values) == 0",
+            message="values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+            holds=lambda s: bool(s.values) == (s.operator in ("In", "NotIn")),
+        ),
+    )
+
+    key: LabelKey
     """The label key the selector applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values."""
-    values: list[str] = Field(default_factory=list, max_length=LIST_MAX)
+    values: list[LabelValue] = Field(default_factory=list, max_length=LIST_MAX)
     """Values for In/NotIn; must be empty for Exists/DoesNotExist."""
 
 
 class LabelSelector(ApiModel):
     """A metav1.LabelSelector; an empty selector selects everything."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=LABELS_MAX)
     """Labels that must all match exactly."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
     """Requirements that must all hold."""
+
+
+#: Limits fields in wire spelling, in the order messages and tables list them.
+LIMIT_FIELDS: tuple[str, ...] = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "tokens_per_month",
+    "spend_per_month_usd",
+    "max_tokens_per_request",
+)
 
 
 class Limits(ApiModel):
@@ -106,8 +206,8 @@ class Limits(ApiModel):
     """Tokens per UTC calendar day."""
     tokens_per_month: int | None = Field(default=None, ge=0)
     """Tokens per UTC calendar month."""
-    spend_per_month_usd: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=6)
-    """Spend cap in USD per UTC calendar month (as a string or number, e.g. "50" or "12.5")."""
+    spend_per_month_usd: UsdAmount | None = Field(default=None, alias="spendPerMonthUSD")
+    """Spend cap in USD per UTC calendar month, as a decimal string, e.g. "50" or "12.5"."""
     max_tokens_per_request: int | None = Field(default=None, ge=0)
     """Largest output cap (max_tokens) one request may ask for."""
 
@@ -125,7 +225,7 @@ class Usage(ApiModel):
     """Input tokens served from the provider's cache."""
     output_tokens: int = Field(default=0, ge=0)
     """Output (completion) tokens, reasoning included."""
-    spend_usd: str = Field(default="0", max_length=32)
+    spend_usd: str = Field(default="0", max_length=32, alias="spendUSD")
     """Spend in USD as a decimal string."""
     last_used_at: datetime | None = None
     """Time of the last request."""
@@ -146,31 +246,33 @@ class UsageByPeriod(ApiModel):
 class ModelSpec(ApiModel):
     """A model a credential serves."""
 
-    name: str = Field(min_length=1, max_length=GLOB_MAX)
+    name: Glob
     """Model name clients use, or a glob such as gpt-5*."""
-    upstream_name: str | None = Field(default=None, max_length=GLOB_MAX)
+    upstream_name: str | None = Field(default=None, min_length=1, max_length=GLOB_MAX)
     """Name sent upstream when it differs (e.g. an Azure deployment's model or a Bedrock model id)."""
 
 
 class ModelPricing(ApiModel):
-    """Price overrides in USD per 1M tokens."""
+    """Price overrides in USD per 1M tokens, as decimal strings."""
 
-    input: Decimal = Field(ge=0, max_digits=12, decimal_places=6)
+    input: UsdAmount
     """USD per 1M input tokens."""
-    cached_input: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=6)
+    cached_input: UsdAmount | None = None
     """USD per 1M cached input tokens."""
-    cache_write: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=6)
+    cache_write: UsdAmount | None = None
     """USD per 1M cache-write input tokens."""
-    output: Decimal = Field(ge=0, max_digits=12, decimal_places=6)
+    output: UsdAmount
     """USD per 1M output tokens."""
 
 
 class AzureSpec(ApiModel):
     """Azure OpenAI settings."""
 
-    api_version: str | None = Field(default=None, max_length=64)
+    api_version: str | None = Field(default=None, min_length=1, max_length=64)
     """api-version query parameter for deployment URLs; omit to use the v1 API."""
-    deployments: dict[str, str] = Field(default_factory=dict)
+    deployments: dict[Glob, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=dict, max_length=MAP_MAX
+    )
     """Model name -> deployment name."""
 
 
@@ -179,7 +281,7 @@ class VertexSpec(ApiModel):
 
     project: str = Field(min_length=1, max_length=128)
     """Google Cloud project id."""
-    location: str = Field(default="global", max_length=64)
+    location: str = Field(default="global", min_length=1, max_length=64)
     """Region, e.g. us-central1, or global."""
 
 
@@ -190,24 +292,78 @@ class BedrockSpec(ApiModel):
     """AWS region, e.g. us-east-1."""
 
 
+class MockSpec(ApiModel):
+    """Settings of the built-in mock provider (offline demos and tests)."""
+
+    latency_ms: int = Field(default=0, ge=0, le=60_000)
+    """Artificial latency per response and per streamed chunk, in milliseconds."""
+
+
+def _block_rule(block: str, provider: str) -> CelRule:
+    def holds(spec: Any) -> bool:
+        return getattr(spec, block) is None or bool(spec.provider == provider)
+
+    return CelRule(
+        rule=f"!has(self.{block}) || self.provider == '{provider}'",
+        message=f"{block} is only valid for provider {provider}",
+        holds=holds,
+    )
+
+
+def _block_rules() -> tuple[CelRule, ...]:
+    blocks = (("azure", "azure-openai"), ("vertex", "vertex-ai"), ("bedrock", "bedrock"), ("mock", "mock"))
+    return tuple(_block_rule(block, provider) for block, provider in blocks)
+
+
 class ProviderCredentialSpec(ApiModel):
     """A real provider account the gateway may use. Honoured in the gateway namespace only."""
 
+    cel_rules = (
+        CelRule(
+            rule="self.provider == 'mock' || has(self.secretRef)",
+            message="secretRef is required unless provider is mock",
+            holds=lambda s: s.provider == "mock" or s.secret_ref is not None,
+        ),
+        *_block_rules(),
+        CelRule(
+            rule="self.provider != 'vertex-ai' || has(self.vertex)",
+            message="vertex (project, location) is required for provider vertex-ai",
+            holds=lambda s: s.provider != "vertex-ai" or s.vertex is not None,
+        ),
+        CelRule(
+            rule="self.provider != 'bedrock' || has(self.bedrock)",
+            message="bedrock (region) is required for provider bedrock",
+            holds=lambda s: s.provider != "bedrock" or s.bedrock is not None,
+        ),
+        CelRule(
+            rule="!(self.provider in ['azure-openai', 'openai-compatible']) || has(self.baseURL)",
+            message="baseURL is required for providers azure-openai and openai-compatible",
+            holds=lambda s: s.provider not in ("azure-openai", "openai-compatible") or s.base_url is not None,
+        ),
+    )
+
     provider: ProviderType
-    """Provider family."""
-    base_url: str | None = Field(default=None, max_length=2048)
-    """Upstream base URL; defaults to the provider's public endpoint."""
+    """Provider family: openai, azure-openai, anthropic, gemini, vertex-ai, bedrock, openai-compatible
+    or mock."""
+    base_url: str | None = Field(
+        default=None, min_length=1, max_length=2048, pattern=r"^https?://", alias="baseURL"
+    )
+    """Upstream base URL; defaults to the provider's public endpoint (required for azure-openai and
+    openai-compatible)."""
     secret_ref: SecretKeyRef | None = None
-    """The Secret key holding the real credential; required except for the mock provider."""
+    """The Secret key holding the real credential; required except for the mock provider.
+    For bedrock the same Secret may instead hold aws_access_key_id and aws_secret_access_key."""
     azure: AzureSpec | None = None
-    """Azure OpenAI settings."""
+    """Azure OpenAI settings (provider azure-openai only)."""
     vertex: VertexSpec | None = None
-    """Vertex AI settings."""
+    """Vertex AI settings (required for provider vertex-ai)."""
     bedrock: BedrockSpec | None = None
-    """Amazon Bedrock settings."""
+    """Amazon Bedrock settings (required for provider bedrock)."""
+    mock: MockSpec | None = None
+    """Mock provider settings (provider mock only)."""
     models: list[ModelSpec] = Field(default_factory=list, max_length=LIST_MAX)
-    """Models (names or globs) this credential serves."""
-    pricing: dict[str, ModelPricing] = Field(default_factory=dict)
+    """Models (names or globs) this credential serves; empty serves any model name."""
+    pricing: dict[Glob, ModelPricing] = Field(default_factory=dict, max_length=MAP_MAX)
     """Per-model price overrides (USD per 1M tokens)."""
     limits: Limits | None = None
     """Provider-wide limits protecting the shared upstream account."""
@@ -216,11 +372,15 @@ class ProviderCredentialSpec(ApiModel):
 class ProviderCredentialStatus(ApiModel):
     """Observed state of a ProviderCredential."""
 
-    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     """Ready, SecretResolved."""
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
     """Generation last reconciled."""
-    models: list[str] = Field(default_factory=list, max_length=LIST_MAX)
+    models: list[Glob] = Field(default_factory=list, max_length=LIST_MAX)
     """Resolved model list."""
 
 
@@ -230,43 +390,85 @@ class ProviderCredentialStatus(ApiModel):
 class Budget(ApiModel):
     """A shared pool: a cap on the sum over all selected keys, grouped by an owner field."""
 
+    cel_rules = (
+        CelRule(
+            rule="has(self.spendPerMonthUSD) || has(self.tokensPerMonth)",
+            message="a budget needs spendPerMonthUSD or tokensPerMonth",
+            holds=lambda s: s.spend_per_month_usd is not None or s.tokens_per_month is not None,
+        ),
+    )
+
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Budget name, unique within the policy."""
-    group_by: Literal["user", "team", "app", "agent", "service", "environment", "costCenter"] = "team"
+    group_by: OwnerField = "team"
     """Owner field whose value forms one pool (e.g. one pool per team)."""
-    spend_per_month_usd: Decimal | None = Field(default=None, ge=0, max_digits=14, decimal_places=6)
-    """Monthly USD cap per group."""
+    spend_per_month_usd: UsdAmount | None = Field(default=None, alias="spendPerMonthUSD")
+    """Monthly USD cap per group, as a decimal string."""
     tokens_per_month: int | None = Field(default=None, ge=0)
     """Monthly token cap per group."""
+
+
+def _default_rule(field: str) -> CelRule:
+    wire = Limits.model_fields[field].alias or to_camel(field)
+    d, m = f"self.defaults.{wire}", f"self.maximums.{wire}"
+    compare = f"double({d}) <= double({m})" if field == "spend_per_month_usd" else f"{d} <= {m}"
+
+    def holds(spec: Any) -> bool:
+        if spec.defaults is None or spec.maximums is None:
+            return True
+        return _lower_or_equal(getattr(spec.defaults, field), getattr(spec.maximums, field))
+
+    return CelRule(
+        rule=f"!has(self.defaults) || !has(self.maximums) || !has({d}) || !has({m}) || {compare}",
+        message=f"defaults.{wire} must not exceed maximums.{wire}",
+        holds=holds,
+    )
+
+
+def _default_rules() -> tuple[CelRule, ...]:
+    return tuple(_default_rule(field) for field in LIMIT_FIELDS)
 
 
 class LLMPolicySpec(ApiModel):
     """Guardrails for the keys a policy selects. Every selecting policy applies."""
 
+    cel_rules = (
+        *_default_rules(),
+        CelRule(
+            rule="!has(self.budgets) || self.budgets.all(b, self.budgets.exists_one(c, c.name == b.name))",
+            message="budget names must be unique",
+            holds=lambda s: len({b.name for b in s.budgets}) == len(s.budgets),
+        ),
+    )
+
     namespace_selector: LabelSelector | None = None
     """Namespaces whose keys this policy governs; absent selects all."""
     key_selector: LabelSelector | None = None
     """VirtualKeys (by label) this policy governs; absent selects all."""
-    allowed_providers: list[ProviderType] | None = Field(default=None, max_length=8)
+    allowed_providers: list[ProviderType] | None = Field(
+        default=None, max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
     """Provider families keys may use; absent allows all."""
-    allowed_models: list[str] | None = Field(default=None, max_length=LIST_MAX)
+    allowed_models: list[Glob] | None = Field(default=None, max_length=LIST_MAX)
     """Model globs keys may use; absent allows all."""
-    denied_models: list[str] = Field(default_factory=list, max_length=LIST_MAX)
-    """Model globs keys may never use."""
+    denied_models: list[Glob] = Field(default_factory=list, max_length=LIST_MAX)
+    """Model globs keys may never use (wins over every allowlist)."""
     defaults: Limits | None = None
-    """Limits applied where a key says nothing."""
+    """Limits applied where a key says nothing (the lowest default wins when several policies give one)."""
     maximums: Limits | None = None
-    """Limits a key may not exceed."""
+    """Limits a key may not exceed; a key asking for more is refused with reason PolicyViolation."""
     default_output_reservation: int | None = Field(default=None, ge=1)
-    """Output tokens reserved for a request that names no max_tokens."""
-    max_ttl: str | None = Field(default=None, max_length=32, pattern=r"^([0-9]+(s|m|h|d|w))+$")
-    """Longest lifetime a key may have, e.g. 90d."""
+    """Output tokens reserved for a request that names no max_tokens (default 1024)."""
+    max_ttl: Duration | None = Field(default=None, alias="maxTTL")
+    """Longest lifetime a key may have, e.g. 90d; a key without expiry gets creation time + maxTTL."""
     require_expiry: bool = False
     """Keys must set expiresAt or ttl."""
-    required_owner_fields: list[Literal["user", "team", "app", "agent", "service", "environment", "costCenter"]] = Field(default_factory=list, max_length=7)
+    required_owner_fields: list[OwnerField] = Field(
+        default_factory=list, max_length=7, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
     """Owner fields every selected key must fill."""
     budgets: list[Budget] = Field(default_factory=list, max_length=16)
-    """Shared pools."""
+    """Shared pools, one per distinct value of the budget's owner field among selected keys."""
     on_limiter_unavailable: Literal["Reject", "Allow"] | None = None
     """What the proxy does when Redis is unreachable (Reject is the default; Reject wins over Allow)."""
 
@@ -278,20 +480,26 @@ class PoolUsage(ApiModel):
     """Budget name."""
     group: str = Field(max_length=253)
     """Owner-field value forming the pool."""
-    spend_usd: str = Field(default="0", max_length=32)
+    period_start: datetime | None = None
+    """Start of the UTC month these counters cover."""
+    spend_usd: str = Field(default="0", max_length=32, alias="spendUSD")
     """Spend this month in USD."""
     tokens: int = Field(default=0, ge=0)
     """Tokens this month."""
-    cap_usd: str | None = Field(default=None, max_length=32)
+    cap_usd: str | None = Field(default=None, max_length=32, alias="capUSD")
     """Monthly cap in USD."""
 
 
 class LLMPolicyStatus(ApiModel):
     """Observed state of an LLMPolicy."""
 
-    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     """Ready."""
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
     """Generation last reconciled."""
     selected_keys: int = Field(default=0, ge=0)
     """Number of VirtualKeys this policy selects."""
@@ -305,72 +513,101 @@ class LLMPolicyStatus(ApiModel):
 class Owner(ApiModel):
     """Who the key belongs to; used for policy, pools and cost reports."""
 
-    user: str | None = Field(default=None, max_length=253)
+    user: str | None = Field(default=None, min_length=1, max_length=253)
     """A person (e.g. e-mail)."""
-    team: str | None = Field(default=None, max_length=253)
+    team: str | None = Field(default=None, min_length=1, max_length=253)
     """Owning team."""
-    app: str | None = Field(default=None, max_length=253)
+    app: str | None = Field(default=None, min_length=1, max_length=253)
     """Application."""
-    agent: str | None = Field(default=None, max_length=253)
+    agent: str | None = Field(default=None, min_length=1, max_length=253)
     """AI agent."""
-    service: str | None = Field(default=None, max_length=253)
+    service: str | None = Field(default=None, min_length=1, max_length=253)
     """Service or CI job."""
-    environment: str | None = Field(default=None, max_length=63)
+    environment: str | None = Field(default=None, min_length=1, max_length=63)
     """Environment, e.g. dev or prod."""
-    cost_center: str | None = Field(default=None, max_length=63)
+    cost_center: str | None = Field(default=None, min_length=1, max_length=63)
     """Finance cost center."""
+
+    def get(self, wire_name: str) -> str | None:
+        """The value of an owner field by its manifest spelling (e.g. costCenter)."""
+        value: str | None = getattr(self, _OWNER_ATTRS[wire_name])
+        return value
+
+    def as_dict(self) -> dict[str, str]:
+        """The filled fields, by manifest spelling."""
+        return {name: value for name in OWNER_FIELDS if (value := self.get(name)) is not None}
+
+
+_OWNER_ATTRS = {"costCenter": "cost_center"} | {name: name for name in OWNER_FIELDS if name != "costCenter"}
 
 
 class VirtualKeySpec(ApiModel):
     """Desired state of a virtual key."""
 
+    cel_rules = (
+        CelRule(
+            rule="!(has(self.expiresAt) && has(self.ttl))",
+            message="expiresAt and ttl are mutually exclusive: set one",
+            holds=lambda s: s.expires_at is None or s.ttl is None,
+        ),
+    )
+
     owner: Owner = Field(default_factory=Owner)
     """Who owns the key."""
     description: str | None = Field(default=None, max_length=1024)
     """Free text: what the key is for."""
-    providers: list[ProviderType] | None = Field(default=None, max_length=8)
+    providers: list[ProviderType] | None = Field(
+        default=None, max_length=8, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
     """Provider families the key wants; absent means all the policies allow."""
-    models: list[str] | None = Field(default=None, max_length=LIST_MAX)
+    models: list[Glob] | None = Field(default=None, max_length=LIST_MAX)
     """Model globs the key wants; absent means all the policies allow."""
     limits: Limits | None = None
     """The key's own limits (policies may lower them or fill gaps)."""
     expires_at: datetime | None = None
     """Absolute expiry (RFC 3339). Not together with ttl."""
-    ttl: str | None = Field(default=None, max_length=32, pattern=r"^([0-9]+(s|m|h|d|w))+$")
+    ttl: Duration | None = None
     """Lifetime from creation, e.g. 30d or 12h. Not together with expiresAt."""
     suspended: bool = False
     """Refuse all use while true."""
-    secret_name: str | None = Field(default=None, max_length=NAME_MAX)
+    secret_name: str | None = Field(
+        default=None, min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
     """Name of the generated key Secret (default <name>-llm-key)."""
-    rotation_interval: str | None = Field(default=None, max_length=32, pattern=r"^([0-9]+(s|m|h|d|w))+$")
+    rotation_interval: Duration | None = None
     """Rotate the key this often, e.g. 30d."""
-    rotation_grace_period: str | None = Field(default=None, max_length=32, pattern=r"^([0-9]+(s|m|h|d|w))+$")
-    """How long the previous key stays valid after a rotation (default 1h)."""
+    rotation_grace_period: Duration | None = None
+    """How long the previous key stays valid after a rotation (default 1h). Applies to scheduled
+    rotations and to on-demand ones (annotation llmkeys.io/rotate), so it may be set alone."""
 
 
 class EffectiveLimits(ApiModel):
     """What the proxy enforces after every policy applied."""
 
-    providers: list[str] = Field(default_factory=list, max_length=LIST_MAX)
-    """Provider credentials the key may use."""
-    models: list[str] = Field(default_factory=list, max_length=LIST_MAX)
-    """Model globs the key may use."""
-    denied_models: list[str] = Field(default_factory=list, max_length=LIST_MAX)
+    providers: list[Name] = Field(default_factory=list, max_length=LIST_MAX)
+    """Provider credentials (namespace/name) the key may use."""
+    models: list[Glob] = Field(default_factory=list, max_length=LIST_MAX)
+    """Models (names or globs) the key may use that some credential serves."""
+    denied_models: list[Glob] = Field(default_factory=list, max_length=LIST_MAX)
     """Model globs the key may never use."""
     limits: Limits = Field(default_factory=Limits)
     """Effective limits."""
-    policies: list[str] = Field(default_factory=list, max_length=LIST_MAX)
+    policies: list[Name] = Field(default_factory=list, max_length=LIST_MAX)
     """Policies that apply."""
-    pools: list[str] = Field(default_factory=list, max_length=64)
+    pools: list[Annotated[str, Field(max_length=600)]] = Field(default_factory=list, max_length=64)
     """Shared budget pools the key draws from."""
 
 
 class VirtualKeyStatus(ApiModel):
     """Observed state of a virtual key."""
 
-    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     """Ready (first), PolicyCompliant, SecretReady."""
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
     """Generation last reconciled."""
     key_id: str | None = Field(default=None, max_length=12)
     """Public id of the key (the 12 characters after sk-llmk-)."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CONFIG_VERSION = 1
+CONFIG_VERSION: Final = 1
 
 #: Label put on every config Secret; its value says which document the Secret holds.
 CONFIG_LABEL = "llmkeys.io/config"
@@ -209,7 +209,9 @@ class ProxyConfig(_Model):
 
     @classmethod
     def merge(cls, providers: ProvidersDocument, shards: list[KeysShard]) -> ProxyConfig:
-        keys = tuple(key for shard in sorted(shards, key=lambda s: (s.namespace, s.shard)) for key in shard.keys)
+        keys = tuple(
+            key for shard in sorted(shards, key=lambda s: (s.namespace, s.shard)) for key in shard.keys
+        )
         return cls(keys=keys, providers=providers.providers, pools=providers.pools)
 
     def split(self, max_bytes: int = 900_000) -> tuple[ProvidersDocument, list[KeysShard]]:

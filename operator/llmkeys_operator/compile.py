@@ -1,0 +1,638 @@
+"""Compile VirtualKeys, LLMPolicies and ProviderCredentials into the proxy config (pure).
+
+Called by the operator's reconcile loop and by standalone mode with everything they observed; it
+returns the `config.ProxyConfig` the proxy serves from plus, per resource, the outcome the caller
+writes into status (reasons and messages a person reads, never any secret data).
+
+Rules (DESIGN.md section 3):
+- Only ProviderCredentials in the gateway namespace count (one without a namespace is taken to be
+  there); one whose Secret or Secret key is missing is not emitted.
+- Every LLMPolicy selecting a key applies (namespaceSelector on the namespace's labels, keySelector
+  on the key's labels): provider allowlists intersect, model allowlists stay separate ANDed lists,
+  denied globs add up, limits take the minimum, defaults fill gaps (the lowest default wins).
+- A key asking above a maximum, missing a required owner field, lacking a required expiry or
+  living longer than maxTTL breaks the policy (reason PolicyViolation, message names policy and
+  field). A key without an expiry under a maxTTL policy expires at creation + maxTTL.
+- Budgets: one pool per distinct owner-field value among the selected keys. A key without that
+  owner field is simply outside the pool (the PolicyCompliant message says so) unless the policy
+  requires the field, which makes it a violation.
+- Every key with an issued secret is emitted, also when suspended, expired or violating (the proxy
+  then answers 403 with the precise code); keys not issued yet are Pending and not emitted.
+Output is sorted so the stored config only changes when its content does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from llmkeys_operator import api, durations, selectors
+from llmkeys_proxy import config
+
+KeyReason = Literal["Active", "Pending", "Suspended", "Expired", "PolicyViolation", "NoUsableModels"]
+CredentialReason = Literal["Ready", "SecretMissing", "SecretKeyMissing", "NotInGatewayNamespace"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+#: Output tokens reserved for a request naming no max_tokens when no policy says otherwise.
+DEFAULT_OUTPUT_RESERVATION = 1024
+#: Namespace assumed for a VirtualKey manifest that names none (standalone mode).
+DEFAULT_NAMESPACE = "default"
+_MICRO = Decimal(1_000_000)
+# Secret keys a bedrock credential may hold besides (or instead of) a Bedrock API key.
+_AWS_SECRET_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedKey:
+    """What has been issued for one VirtualKey (from its Secret or the standalone state dir)."""
+
+    key_id: str
+    #: Current hash and, during a rotation's grace period, the previous one, each with validity.
+    hashes: tuple[config.SecretHash, ...]
+    #: Fallback start of the key's lifetime (ttl, maxTTL) when metadata.creationTimestamp is absent.
+    issued_at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionContent:
+    """A condition without times; the caller stamps lastTransitionTime and observedGeneration."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyOutcome:
+    """The state of one VirtualKey after compilation, for its status."""
+
+    reason: KeyReason
+    ready: bool
+    #: What a person reads in `kubectl get vk` / the Ready condition.
+    message: str
+    expires_at: datetime | None
+    effective: api.EffectiveLimits | None
+    #: Ready and PolicyCompliant.
+    conditions: tuple[ConditionContent, ...]
+    #: Names of the LLMPolicies that select the key.
+    policies: list[str]
+    #: Whether the key is in the compiled config (it is once issued).
+    emitted: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialOutcome:
+    """The state of one ProviderCredential after compilation, for its status."""
+
+    ready: bool
+    reason: CredentialReason
+    message: str
+    #: Model names or globs the credential serves ("*" when it lists none).
+    models: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOutcome:
+    """What one LLMPolicy selected."""
+
+    #: `namespace/name` of every VirtualKey the policy selects.
+    selected_keys: list[str]
+    #: Ids of the pools its budgets formed.
+    pools: list[str]
+
+
+@dataclasses.dataclass
+class CompileResult:
+    config: config.ProxyConfig
+    keys: dict[tuple[str, str], KeyOutcome]
+    credentials: dict[tuple[str, str], CredentialOutcome]
+    policies: dict[str, PolicyOutcome]
+
+
+def compile_proxy_config(
+    virtual_keys: Sequence[api.VirtualKey],
+    policies: Sequence[api.LLMPolicy],
+    credentials: Sequence[api.ProviderCredential],
+    secrets: Mapping[tuple[str, str], Mapping[str, str]],
+    issued: Mapping[tuple[str, str], IssuedKey],
+    now: datetime,
+    *,
+    gateway_namespace: str,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> CompileResult:
+    """Resources as observed -> the proxy config plus per-resource outcomes (see module docstring).
+
+    `secrets` maps (namespace, name) to decoded Secret data; `issued` maps a VirtualKey's
+    (namespace, name) to what has been issued for it; `namespace_labels` feeds namespaceSelectors.
+    """
+    providers: list[config.ProviderEntry] = []
+    credential_outcomes: dict[tuple[str, str], CredentialOutcome] = {}
+    for credential in sorted(credentials, key=_credential_ref):
+        entry, credential_outcome = _compile_credential(credential, secrets, gateway_namespace)
+        credential_outcomes[_credential_ref(credential)] = credential_outcome
+        if entry is not None:
+            providers.append(entry)
+
+    sorted_policies = sorted(policies, key=lambda p: p.metadata.name)
+    selected: dict[str, list[str]] = {p.metadata.name: [] for p in sorted_policies}
+    # (policy, budget, group value) -> pool, collected over all keys.
+    pool_members: dict[tuple[str, str, str], None] = {}
+    key_entries: list[config.KeyEntry] = []
+    key_outcomes: dict[tuple[str, str], KeyOutcome] = {}
+    for virtual_key in sorted(virtual_keys, key=_key_ref):
+        ref = _key_ref(virtual_key)
+        namespace_labels_of_key = selectors.namespace_labels_of(ref[0], namespace_labels)
+        applying = [
+            policy
+            for policy in sorted_policies
+            if selectors.selector_matches(policy.spec.namespace_selector, namespace_labels_of_key)
+            and selectors.selector_matches(policy.spec.key_selector, virtual_key.metadata.labels)
+        ]
+        for policy in applying:
+            selected[policy.metadata.name].append(f"{ref[0]}/{ref[1]}")
+        compiled = _compile_key(
+            virtual_key, ref, applying, providers, issued.get(ref), now, gateway_namespace
+        )
+        key_outcomes[ref] = compiled.outcome
+        if compiled.entry is not None:
+            key_entries.append(compiled.entry)
+        for pool in compiled.pools:
+            pool_members[pool] = None
+
+    pools = _compile_pools(sorted_policies, pool_members)
+    policy_outcomes = {
+        name: PolicyOutcome(
+            selected_keys=keys, pools=sorted(pool.id for pool in pools if pool.policy == name)
+        )
+        for name, keys in selected.items()
+    }
+    proxy_config = config.ProxyConfig(
+        keys=tuple(key_entries), providers=tuple(providers), pools=tuple(sorted(pools, key=lambda p: p.id))
+    )
+    return CompileResult(
+        config=proxy_config, keys=key_outcomes, credentials=credential_outcomes, policies=policy_outcomes
+    )
+
+
+# ------------------------------------------------------------------------------------ credentials
+
+
+def _credential_ref(credential: api.ProviderCredential) -> tuple[str, str]:
+    return (credential.metadata.namespace or "", credential.metadata.name)
+
+
+def _compile_credential(
+    credential: api.ProviderCredential,
+    secrets: Mapping[tuple[str, str], Mapping[str, str]],
+    gateway_namespace: str,
+) -> tuple[config.ProviderEntry | None, CredentialOutcome]:
+    spec = credential.spec
+    namespace = credential.metadata.namespace or gateway_namespace
+    routes = tuple(config.ModelRoute(name=m.name, upstream_name=m.upstream_name) for m in spec.models) or (
+        config.ModelRoute(name="*"),
+    )
+    models = [route.name for route in routes]
+
+    def refused(reason: CredentialReason, message: str) -> tuple[None, CredentialOutcome]:
+        return None, CredentialOutcome(ready=False, reason=reason, message=message, models=models)
+
+    if namespace != gateway_namespace:
+        return refused(
+            "NotInGatewayNamespace",
+            f'ProviderCredentials are honoured only in the gateway namespace "{gateway_namespace}"',
+        )
+    api_key: str | None = None
+    secret_fields: dict[str, str] = {}
+    if spec.secret_ref is not None:
+        ref = spec.secret_ref
+        data = secrets.get((namespace, ref.name))
+        if data is None:
+            return refused("SecretMissing", f'Secret "{ref.name}" not found in namespace "{namespace}"')
+        if spec.provider == "bedrock":
+            secret_fields = _aws_fields(data)
+        api_key = data.get(ref.key) or None
+        has_aws_pair = "aws_access_key_id" in secret_fields and "aws_secret_access_key" in secret_fields
+        if api_key is None and not has_aws_pair:
+            return refused("SecretKeyMissing", f'Secret "{ref.name}" has no (non-empty) key "{ref.key}"')
+    entry = config.ProviderEntry(
+        id=f"{namespace}/{credential.metadata.name}",
+        provider=spec.provider,
+        base_url=spec.base_url,
+        api_key=api_key,
+        secret_fields=secret_fields,
+        models=routes,
+        api_version=spec.azure.api_version if spec.azure else None,
+        deployments=dict(sorted(spec.azure.deployments.items())) if spec.azure else {},
+        project=spec.vertex.project if spec.vertex else None,
+        location=spec.vertex.location if spec.vertex else None,
+        region=spec.bedrock.region if spec.bedrock else None,
+        pricing={model: _model_price(price) for model, price in sorted(spec.pricing.items())},
+        limits=_config_limits(spec.limits) if spec.limits is not None else None,
+        mock_latency_ms=spec.mock.latency_ms if spec.mock else 0,
+    )
+    served = ", ".join(models)
+    return entry, CredentialOutcome(ready=True, reason="Ready", message=f"serving {served}", models=models)
+
+
+def _aws_fields(data: Mapping[str, str]) -> dict[str, str]:
+    # Accept both the lowercase names and the AWS_* environment-variable spelling.
+    fields = {}
+    for name in _AWS_SECRET_FIELDS:
+        value = data.get(name) or data.get(name.upper())
+        if value:
+            fields[name] = value
+    return fields
+
+
+def _model_price(price: api.ModelPricing) -> config.ModelPrice:
+    return config.ModelPrice(
+        input=usd_to_micro(price.input),
+        cached_input=usd_to_micro(price.cached_input) if price.cached_input is not None else None,
+        cache_write=usd_to_micro(price.cache_write) if price.cache_write is not None else None,
+        output=usd_to_micro(price.output),
+    )
+
+
+def usd_to_micro(amount: Decimal) -> int:
+    """Decimal USD -> integer micro-USD; exact for the API's 6 decimal places."""
+    return int((amount * _MICRO).to_integral_value())
+
+
+def micro_to_usd(micro: int) -> Decimal:
+    """Integer micro-USD -> decimal USD without trailing zeros (status fields)."""
+    value = (Decimal(micro) / _MICRO).normalize()
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
+
+
+def _config_limits(limits: api.Limits) -> config.Limits:
+    spend = limits.spend_per_month_usd
+    return config.Limits(
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+        tokens_per_day=limits.tokens_per_day,
+        tokens_per_month=limits.tokens_per_month,
+        spend_per_month_micro_usd=usd_to_micro(spend) if spend is not None else None,
+        max_tokens_per_request=limits.max_tokens_per_request,
+    )
+
+
+# ------------------------------------------------------------------------------------------- keys
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompiledKey:
+    entry: config.KeyEntry | None
+    outcome: KeyOutcome
+    pools: tuple[tuple[str, str, str], ...]
+
+
+def _key_ref(virtual_key: api.VirtualKey) -> tuple[str, str]:
+    return (virtual_key.metadata.namespace or DEFAULT_NAMESPACE, virtual_key.metadata.name)
+
+
+def _compile_key(
+    virtual_key: api.VirtualKey,
+    ref: tuple[str, str],
+    policies: Sequence[api.LLMPolicy],
+    providers: Sequence[config.ProviderEntry],
+    issued: IssuedKey | None,
+    now: datetime,
+    gateway_namespace: str,
+) -> _CompiledKey:
+    spec = virtual_key.spec
+    policy_names = [p.metadata.name for p in policies]
+    violations: list[str] = []
+    notes: list[str] = []
+
+    limits = _merge_limits(spec.limits, policies, violations)
+    _check_owner(spec.owner, policies, violations)
+    start = virtual_key.metadata.creation_timestamp or (issued.issued_at if issued else now)
+    expires_at = _resolve_expiry(spec, policies, start, violations)
+
+    # Providers: the key's wish intersected with every policy's allowlist.
+    allowed_types = set(spec.providers if spec.providers is not None else api.PROVIDER_TYPES)
+    for policy in policies:
+        if policy.spec.allowed_providers is not None:
+            allowed_types &= set(policy.spec.allowed_providers)
+    usable = [entry for entry in providers if entry.provider in allowed_types]
+
+    allowlists = _model_allowlists(spec.models, policies)
+    denied = tuple(sorted({glob for p in policies for glob in p.spec.denied_models}))
+    models = _effective_models(usable, allowlists, denied)
+
+    pools: list[tuple[str, str, str]] = []
+    for policy in policies:
+        for budget in policy.spec.budgets:
+            value = spec.owner.get(budget.group_by)
+            if value is not None:
+                pools.append((policy.metadata.name, budget.name, value))
+            elif budget.group_by not in policy.spec.required_owner_fields:
+                notes.append(
+                    f'not in budget "{budget.name}" of LLMPolicy "{policy.metadata.name}": '
+                    f"owner.{budget.group_by} is not set"
+                )
+    pool_ids = tuple(sorted(f"{p}/{b}/{v}" for p, b, v in pools))
+
+    reservations = [p.spec.default_output_reservation for p in policies if p.spec.default_output_reservation]
+    reservation = min(reservations, default=DEFAULT_OUTPUT_RESERVATION)
+    if limits.max_tokens_per_request is not None:
+        reservation = min(reservation, limits.max_tokens_per_request)
+    on_unavailable: config.LimiterFailureMode = "Reject"
+    modes = {p.spec.on_limiter_unavailable for p in policies}
+    if "Allow" in modes and "Reject" not in modes:
+        on_unavailable = "Allow"
+
+    effective = api.EffectiveLimits(
+        providers=[entry.id for entry in usable],
+        models=models[: api.LIST_MAX],
+        denied_models=list(denied),
+        limits=limits,
+        policies=policy_names,
+        pools=list(pool_ids),
+    )
+
+    violation = "; ".join(violations) or None
+    reason: KeyReason
+    if spec.suspended:
+        reason, message = "Suspended", "suspended (spec.suspended is true)"
+    elif expires_at is not None and expires_at <= now:
+        reason, message = "Expired", f"expired at {_format_time(expires_at)}"
+    elif violation is not None:
+        reason, message = "PolicyViolation", violation
+    elif not models:
+        reason = "NoUsableModels"
+        message = _no_models_message(spec, policies, allowed_types, usable, allowlists, gateway_namespace)
+    elif issued is None:
+        reason, message = "Pending", "waiting for the key to be issued"
+    else:
+        reason = "Active"
+        message = f"active until {_format_time(expires_at)}" if expires_at is not None else "active"
+
+    if violation is not None:
+        compliant = ConditionContent("PolicyCompliant", "False", "PolicyViolation", violation)
+    else:
+        text = (
+            f"compliant with LLMPolicy {', '.join(policy_names)}"
+            if policies
+            else "no LLMPolicy selects this key"
+        )
+        compliant = ConditionContent("PolicyCompliant", "True", "Compliant", "; ".join([text, *notes]))
+    ready = reason == "Active"
+    outcome = KeyOutcome(
+        reason=reason,
+        ready=ready,
+        message=message,
+        expires_at=expires_at,
+        effective=effective,
+        conditions=(ConditionContent("Ready", "True" if ready else "False", reason, message), compliant),
+        policies=policy_names,
+        emitted=issued is not None,
+    )
+    if issued is None:
+        return _CompiledKey(entry=None, outcome=outcome, pools=tuple(pools))
+
+    usage = virtual_key.status.usage if virtual_key.status is not None else None
+    entry = config.KeyEntry(
+        key_id=issued.key_id,
+        hashes=issued.hashes,
+        namespace=ref[0],
+        name=ref[1],
+        owner=spec.owner.as_dict(),
+        providers=tuple(e.id for e in usable),
+        model_allowlists=allowlists,
+        denied_models=denied,
+        limits=_config_limits(limits),
+        default_output_reservation=reservation,
+        expires_at=expires_at,
+        suspended=spec.suspended,
+        policy_violation=violation,
+        pools=pool_ids,
+        on_limiter_unavailable=on_unavailable,
+        month_usage_seed=_usage_seed(usage.month if usage else None, "%Y-%m"),
+        day_usage_seed=_usage_seed(usage.day if usage else None, "%Y-%m-%d"),
+    )
+    return _CompiledKey(entry=entry, outcome=outcome, pools=tuple(pools))
+
+
+def _wire(field: str) -> str:
+    return api.Limits.model_fields[field].alias or field
+
+
+def _merge_limits(
+    own: api.Limits | None, policies: Sequence[api.LLMPolicy], violations: list[str]
+) -> api.Limits:
+    """Per field: the key's value (or the lowest policy default), then the minimum with every maximum."""
+    merged: dict[str, int | Decimal | None] = {}
+    for field in api.LIMIT_FIELDS:
+        asked: int | Decimal | None = getattr(own, field) if own is not None else None
+        candidates: list[int | Decimal] = []
+        if asked is not None:
+            candidates.append(asked)
+        else:
+            defaults = [
+                v for p in policies if p.spec.defaults and (v := getattr(p.spec.defaults, field)) is not None
+            ]
+            if defaults:
+                candidates.append(min(defaults))
+        for policy in policies:
+            maximum = getattr(policy.spec.maximums, field) if policy.spec.maximums is not None else None
+            if maximum is None:
+                continue
+            candidates.append(maximum)
+            if asked is not None and asked > maximum:
+                violations.append(
+                    f"limits.{_wire(field)} {_format_number(asked)} exceeds maximum "
+                    f'{_format_number(maximum)} of LLMPolicy "{policy.metadata.name}"'
+                )
+        merged[field] = min(candidates) if candidates else None
+    return api.Limits.model_validate(merged)
+
+
+def _check_owner(owner: api.Owner, policies: Sequence[api.LLMPolicy], violations: list[str]) -> None:
+    for policy in policies:
+        for field in policy.spec.required_owner_fields:
+            if owner.get(field) is None:
+                violations.append(f'owner.{field} is required by LLMPolicy "{policy.metadata.name}"')
+
+
+def _resolve_expiry(
+    spec: api.VirtualKeySpec, policies: Sequence[api.LLMPolicy], start: datetime, violations: list[str]
+) -> datetime | None:
+    """The key's own expiry (expiresAt, or ttl from start), else the tightest maxTTL; checks the policies."""
+    own: datetime | None = spec.expires_at
+    if spec.ttl is not None:
+        try:
+            own = start + durations.parse_duration(spec.ttl)
+        except ValueError as exc:
+            violations.append(f"ttl: {exc}")
+    caps: list[datetime] = []
+    for policy in policies:
+        name = policy.metadata.name
+        if policy.spec.require_expiry and spec.expires_at is None and spec.ttl is None:
+            violations.append(f'an expiry (expiresAt or ttl) is required by LLMPolicy "{name}"')
+        if policy.spec.max_ttl is None:
+            continue
+        try:
+            max_ttl = durations.parse_duration(policy.spec.max_ttl)
+        except ValueError as exc:
+            violations.append(f'maxTTL of LLMPolicy "{name}": {exc}')
+            continue
+        cap = start + max_ttl
+        caps.append(cap)
+        if own is not None and own > cap:
+            lifetime = durations.format_duration(own - start)
+            violations.append(
+                f'lifetime {lifetime} exceeds maxTTL {policy.spec.max_ttl} of LLMPolicy "{name}"'
+            )
+    if own is not None:
+        return own
+    return min(caps, default=None)
+
+
+def _model_allowlists(
+    own: Sequence[str] | None, policies: Sequence[api.LLMPolicy]
+) -> tuple[tuple[str, ...], ...]:
+    lists = {tuple(sorted(set(own)))} if own is not None else set()
+    lists |= {
+        tuple(sorted(set(p.spec.allowed_models))) for p in policies if p.spec.allowed_models is not None
+    }
+    return tuple(sorted(lists)) or (("*",),)
+
+
+def _model_allowed(model: str, allowlists: Iterable[tuple[str, ...]], denied: Iterable[str]) -> bool:
+    # Same semantics as config.KeyEntry.model_allowed (globs compared as the proxy compares names).
+    if any(fnmatch.fnmatchcase(model, glob) for glob in denied):
+        return False
+    return all(any(fnmatch.fnmatchcase(model, glob) for glob in allowlist) for allowlist in allowlists)
+
+
+def _effective_models(
+    usable: Sequence[config.ProviderEntry], allowlists: tuple[tuple[str, ...], ...], denied: tuple[str, ...]
+) -> list[str]:
+    """Names and globs (from the credentials and the allowlists) that are allowed and served.
+
+    Globs are not sets we can intersect exactly; a glob counts as allowed when every allowlist
+    matches it as a literal, which lists `gpt-5*` for a key asking `gpt-5*` under a policy
+    allowing `gpt-*`, and lists concrete names the credentials serve.
+    """
+    routes = [route.name for entry in usable for route in entry.models]
+    candidates = set(routes) | {glob for allowlist in allowlists for glob in allowlist}
+    return sorted(
+        name
+        for name in candidates
+        if _model_allowed(name, allowlists, denied) and any(fnmatch.fnmatchcase(name, r) for r in routes)
+    )
+
+
+def _no_models_message(
+    spec: api.VirtualKeySpec,
+    policies: Sequence[api.LLMPolicy],
+    allowed_types: set[str],
+    usable: Sequence[config.ProviderEntry],
+    allowlists: tuple[tuple[str, ...], ...],
+    gateway_namespace: str,
+) -> str:
+    if not allowed_types:
+        parts = [f"the key asks for {_format_list(spec.providers)}"] if spec.providers is not None else []
+        parts += [
+            f'LLMPolicy "{p.metadata.name}" allows {_format_list(p.spec.allowed_providers)}'
+            for p in policies
+            if p.spec.allowed_providers is not None
+        ]
+        return "no provider is allowed: " + "; ".join(parts)
+    if not usable:
+        return (
+            f"no usable ProviderCredential in namespace {gateway_namespace!r} serves "
+            f"{_format_list(sorted(allowed_types))}"
+        )
+    parts = [f"the key asks for {_format_list(spec.models)}"] if spec.models is not None else []
+    parts += [
+        f'LLMPolicy "{p.metadata.name}" allows {_format_list(p.spec.allowed_models)}'
+        for p in policies
+        if p.spec.allowed_models is not None
+    ]
+    denied = sorted({glob for p in policies for glob in p.spec.denied_models})
+    if denied:
+        parts.append(f"denied {_format_list(denied)}")
+    served = sorted({route.name for entry in usable for route in entry.models})
+    parts.append(f"credentials serve {_format_list(served)}")
+    return "no model is both allowed and served: " + "; ".join(parts)
+
+
+def _usage_seed(usage: api.Usage | None, period_format: str) -> config.UsageSeed | None:
+    if usage is None or usage.period_start is None:
+        return None
+    try:
+        micro_usd = usd_to_micro(Decimal(usage.spend_usd))
+    except InvalidOperation:
+        micro_usd = 0
+    return config.UsageSeed(
+        period=usage.period_start.strftime(period_format),
+        requests=usage.requests,
+        tokens=usage.input_tokens + usage.output_tokens,
+        micro_usd=max(micro_usd, 0),
+    )
+
+
+# ------------------------------------------------------------------------------------------ pools
+
+
+def _compile_pools(
+    policies: Sequence[api.LLMPolicy], members: Mapping[tuple[str, str, str], None]
+) -> list[config.PoolEntry]:
+    by_name = {p.metadata.name: p for p in policies}
+    pools = []
+    for policy_name, budget_name, value in sorted(members):
+        policy = by_name[policy_name]
+        budget = next(b for b in policy.spec.budgets if b.name == budget_name)
+        seed = None
+        for usage in policy.status.pools if policy.status is not None else []:
+            if usage.budget == budget_name and usage.group == value and usage.period_start is not None:
+                try:
+                    micro_usd = usd_to_micro(Decimal(usage.spend_usd))
+                except InvalidOperation:
+                    micro_usd = 0
+                seed = config.UsageSeed(
+                    period=usage.period_start.strftime("%Y-%m"),
+                    tokens=usage.tokens,
+                    micro_usd=max(micro_usd, 0),
+                )
+        pools.append(
+            config.PoolEntry(
+                id=f"{policy_name}/{budget_name}/{value}",
+                policy=policy_name,
+                budget=budget_name,
+                group_by=budget.group_by,
+                group_value=value,
+                spend_per_month_micro_usd=(
+                    usd_to_micro(budget.spend_per_month_usd)
+                    if budget.spend_per_month_usd is not None
+                    else None
+                ),
+                tokens_per_month=budget.tokens_per_month,
+                month_usage_seed=seed,
+            )
+        )
+    return pools
+
+
+# ----------------------------------------------------------------------------------- formatting
+
+
+def _format_number(value: int | Decimal) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+def _format_list(values: Iterable[str] | None) -> str:
+    return "[" + ", ".join(values or ()) + "]"
+
+
+def _format_time(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
