@@ -122,6 +122,7 @@ def _lower_or_equal(a: Any, b: Any) -> bool:
 def _condition_schema_extra(schema: dict[str, Any]) -> None:
     # metav1.Condition requires message (it may be empty); Python defaults it to "".
     schema["required"] = sorted({*schema.get("required", []), "message"})
+    schema["properties"]["message"].pop("default", None)
 
 
 class Condition(ApiModel):
