@@ -1,0 +1,888 @@
+"""Streamed-response parsing: SSE and AWS event-stream framing, and usage capture from a teed stream.
+
+The proxy's forwarding loop passes every upstream chunk through `StreamUsage.feed` on its way to
+the client and settles the request with `StreamUsage.usage` (what the provider reported) or, for a
+stream cut off before its usage arrived, `StreamUsage.fallback_counts` (tiktoken over the text that
+passed). Hot path: bytes are forwarded untouched (the same object) and only the few events that
+carry usage or end the stream are JSON-parsed, found by cheap substring tests over whole events;
+text for the fallback is extracted only when the fallback is actually asked for.
+`SSEParser`, `EventStreamParser` and the encoders are general tools (fake upstreams in tests use them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from llmkeys_proxy import usage as usage_mod
+from llmkeys_proxy.usage import ApiFormat, TokenCounts
+
+# --------------------------------------------------------------------------------------------------
+# Server-sent events (WHATWG HTML "server-sent events" parsing rules)
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched SSE event; `event` is "message" when the stream named none."""
+
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(slots=True)
+class _RawEvent:
+    """An event inside a block of whole events, with its byte span (for dropping it)."""
+
+    event: bytes
+    data: bytes
+    start: int
+    end: int
+    id: bytes | None = None
+    retry: bytes | None = None
+
+
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    name, sep, value = line.partition(b":")
+    if sep and value[:1] == b" ":
+        value = value[1:]
+    return name, value
+
+
+def _raw_events(block: bytes, *, flush: bool = False) -> Iterator[_RawEvent]:
+    """Events of `block`; an unterminated last event is yielded only with `flush`."""
+    data: list[bytes] = []
+    event = b""
+    event_id: bytes | None = None
+    retry: bytes | None = None
+    start = 0
+    pos = 0
+    for match in _LINE_END.finditer(block):
+        line = block[pos : match.start()]
+        pos = match.end()
+        if not line:
+            if data:
+                yield _RawEvent(event or b"message", b"\n".join(data), start, pos, event_id, retry)
+            data, event, retry = [], b"", None
+            start = pos
+            continue
+        if line[:1] == b":":
+            continue
+        name, value = _field(line)
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value
+        elif name == b"id" and b"\0" not in value:
+            event_id = value
+        elif name == b"retry" and value.isdigit():
+            retry = value
+    if flush:
+        tail = block[pos:]
+        if tail and tail[:1] != b":":
+            name, value = _field(tail)
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event = value
+        if data:
+            yield _RawEvent(event or b"message", b"\n".join(data), start, len(block), event_id, retry)
+
+
+def _last_event_end(data: bytes) -> int:
+    """Index just past the last blank line (event boundary) in `data`, or -1 when there is none.
+
+    A boundary is two line endings in a row (LF LF, CRLF CRLF, CR CR, mixed). Cutting after CR CR
+    when a LF follows in the next read leaves that LF to start the next block, where it reads as
+    an empty line and dispatches nothing: harmless."""
+    end = data.rfind(b"\n\n")
+    if end >= 0:
+        end += 2
+    crlf = data.rfind(b"\n\r\n")
+    if crlf >= 0 and crlf + 3 > end:
+        end = crlf + 3
+    cr = data.rfind(b"\r\r")
+    if cr >= 0 and cr + 2 > end:
+        end = cr + 3 if data[cr + 2 : cr + 3] == b"\n" else cr + 2
+    return end
+
+
+class SSEParser:
+    """Incremental SSE parser: feed raw bytes as they arrive, get the events completed so far.
+
+    Handles CRLF, CR and LF line endings (also a CRLF split across two chunks), comments, multi-line
+    data and a leading BOM. `close()` returns an unterminated last event (lenient: usage often sits
+    in the last event of a stream whose server forgot the final blank line)."""
+
+    __slots__ = ("_buffer", "_last_id", "_started")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._last_id: str | None = None
+        self._started = False
+
+    def _convert(self, raw: Iterator[_RawEvent]) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        for item in raw:
+            if item.id is not None:
+                self._last_id = item.id.decode("utf-8", "replace")
+            events.append(
+                SSEEvent(
+                    event=item.event.decode("utf-8", "replace"),
+                    data=item.data.decode("utf-8", "replace"),
+                    id=self._last_id,
+                    retry=int(item.retry) if item.retry is not None else None,
+                )
+            )
+        return events
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        buffer = self._buffer + data if self._buffer else data
+        if not self._started and buffer:
+            if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
+                self._buffer = buffer
+                return []
+            self._started = True
+            if buffer.startswith(b"\xef\xbb\xbf"):
+                buffer = buffer[3:]
+        cut = _last_event_end(buffer)
+        if cut < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[cut:]
+        return self._convert(_raw_events(buffer[:cut]))
+
+    def close(self) -> list[SSEEvent]:
+        buffer, self._buffer = self._buffer, b""
+        return self._convert(_raw_events(buffer, flush=True)) if buffer else []
+
+
+def format_sse_event(data: str | bytes, event: str | None = None) -> bytes:
+    """One SSE event as bytes (`event:` line when named, one `data:` line per data line)."""
+    payload = data.encode() if isinstance(data, str) else data
+    lines = [b"event: " + event.encode()] if event else []
+    lines.extend(b"data: " + line for line in payload.split(b"\n"))
+    return b"\n".join(lines) + b"\n\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# AWS event stream (application/vnd.amazon.eventstream)
+
+HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
+
+#: Largest frame accepted (AWS: payload <= 16 MiB, headers <= 128 KiB); bigger means corruption.
+MAX_EVENT_FRAME_BYTES = 16 * 1024 * 1024 + 128 * 1024 + 16
+_PRELUDE = struct.Struct(">III")
+_CRC = struct.Struct(">I")
+
+
+class EventStreamError(ValueError):
+    """A frame failed its CRC or length checks: the stream is corrupt and cannot be resynchronised."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventStreamMessage:
+    """One decoded frame: its headers and raw payload."""
+
+    headers: Mapping[str, HeaderValue]
+    payload: bytes
+
+    def _text(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return value if isinstance(value, str) else None
+
+    @property
+    def message_type(self) -> str | None:
+        """`event`, `exception` or `error`."""
+        return self._text(":message-type")
+
+    @property
+    def event_type(self) -> str | None:
+        return self._text(":event-type")
+
+    @property
+    def exception_type(self) -> str | None:
+        return self._text(":exception-type")
+
+
+def _decode_headers(data: bytes) -> dict[str, HeaderValue]:
+    headers: dict[str, HeaderValue] = {}
+    pos = 0
+    end = len(data)
+    try:
+        while pos < end:
+            name_len = data[pos]
+            name = data[pos + 1 : pos + 1 + name_len].decode("utf-8")
+            pos += 1 + name_len
+            kind = data[pos]
+            pos += 1
+            value: HeaderValue
+            if kind == 7 or kind == 6:  # string / byte array
+                (length,) = struct.unpack_from(">H", data, pos)
+                raw = data[pos + 2 : pos + 2 + length]
+                if len(raw) != length:
+                    raise EventStreamError("truncated event-stream header")
+                value = raw.decode("utf-8") if kind == 7 else raw
+                pos += 2 + length
+            elif kind == 0 or kind == 1:
+                value = kind == 0
+            elif kind == 2:
+                value = struct.unpack_from(">b", data, pos)[0]
+                pos += 1
+            elif kind == 3:
+                value = struct.unpack_from(">h", data, pos)[0]
+                pos += 2
+            elif kind == 4:
+                value = struct.unpack_from(">i", data, pos)[0]
+                pos += 4
+            elif kind == 5:
+                value = struct.unpack_from(">q", data, pos)[0]
+                pos += 8
+            elif kind == 8:
+                millis = struct.unpack_from(">q", data, pos)[0]
+                value = datetime.fromtimestamp(millis / 1000, tz=UTC)
+                pos += 8
+            elif kind == 9:
+                value = uuid.UUID(bytes=data[pos : pos + 16])
+                pos += 16
+            else:
+                raise EventStreamError(f"unknown event-stream header type {kind}")
+            headers[name] = value
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, EventStreamError):
+            raise
+        raise EventStreamError("malformed event-stream headers") from None
+    if pos != end:
+        raise EventStreamError("malformed event-stream headers")
+    return headers
+
+
+class EventStreamParser:
+    """Incremental vnd.amazon.eventstream decoder: frames may span reads; both CRCs are checked.
+
+    After an EventStreamError the parser stays failed (frame boundaries are lost)."""
+
+    __slots__ = ("_buffer", "_failed")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[EventStreamMessage]:
+        if self._failed:
+            raise EventStreamError("event stream already failed")
+        buffer = self._buffer + data if self._buffer else data
+        messages: list[EventStreamMessage] = []
+        pos = 0
+        size = len(buffer)
+        try:
+            while size - pos >= 12:
+                total, headers_len, prelude_crc = _PRELUDE.unpack_from(buffer, pos)
+                if binascii.crc32(buffer[pos : pos + 8]) != prelude_crc:
+                    raise EventStreamError("event-stream prelude CRC mismatch")
+                if total < 16 or total > MAX_EVENT_FRAME_BYTES or headers_len > total - 16:
+                    raise EventStreamError("event-stream frame length out of range")
+                if size - pos < total:
+                    break
+                frame_end = pos + total
+                (message_crc,) = _CRC.unpack_from(buffer, frame_end - 4)
+                if binascii.crc32(buffer[pos : frame_end - 4]) != message_crc:
+                    raise EventStreamError("event-stream message CRC mismatch")
+                headers_start = pos + 12
+                payload_start = headers_start + headers_len
+                messages.append(
+                    EventStreamMessage(
+                        headers=_decode_headers(buffer[headers_start:payload_start]),
+                        payload=buffer[payload_start : frame_end - 4],
+                    )
+                )
+                pos = frame_end
+        except EventStreamError:
+            self._failed = True
+            self._buffer = b""
+            raise
+        self._buffer = buffer[pos:] if pos < size else b""
+        return messages
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete frame held back (non-zero at end of stream means truncation)."""
+        return len(self._buffer)
+
+
+def encode_event_message(headers: Mapping[str, str | bytes | bool | int], payload: bytes) -> bytes:
+    """One event-stream frame with correct CRCs (strings, byte arrays, bools and int32 headers)."""
+    encoded = bytearray()
+    for name, value in headers.items():
+        raw_name = name.encode()
+        encoded += bytes([len(raw_name)]) + raw_name
+        if isinstance(value, bool):
+            encoded.append(0 if value else 1)
+        elif isinstance(value, int):
+            encoded += b"\x04" + struct.pack(">i", value)
+        else:
+            raw = value.encode() if isinstance(value, str) else value
+            encoded += (b"\x07" if isinstance(value, str) else b"\x06") + struct.pack(">H", len(raw)) + raw
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    head = prelude + _CRC.pack(binascii.crc32(prelude)) + bytes(encoded) + payload
+    return head + _CRC.pack(binascii.crc32(head))
+
+
+def encode_aws_event(event_type: str, body: Mapping[str, Any]) -> bytes:
+    """A Bedrock-style `event` frame carrying a JSON body (what fake upstreams send)."""
+    return encode_event_message(
+        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
+        orjson.dumps(body),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Usage capture
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_DONE = re.compile(rb"^data:\s?\[DONE\]\s*$", re.MULTILINE)
+_SSE_APIS = (
+    "openai-chat",
+    "openai-completions",
+    "openai-embeddings",
+    "openai-responses",
+    "anthropic-messages",
+)
+_RESPONSES_END = (b"response.completed", b"response.incomplete", b"response.failed")
+_ANTHROPIC_MARKERS = (b"message_start", b"message_delta", b"message_stop", b"event: error", b'"type":"error"')
+_ERROR_MARKERS = (b"event: error", b"event:error", b'"type":"error"', b'"type": "error"')
+#: Raw response bytes kept for a possible fallback count before they are folded into a token count.
+_KEEP_BYTES = 1 << 20
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _data_line_at(block: bytes, pos: int) -> bytes | None:
+    """The `data:` payload of the line containing `pos` (single-line JSON events)."""
+    start = max(block.rfind(b"\n", 0, pos), block.rfind(b"\r", 0, pos)) + 1
+    end_n = block.find(b"\n", pos)
+    end_r = block.find(b"\r", pos)
+    ends = [e for e in (end_n, end_r) if e >= 0]
+    line = block[start : min(ends) if ends else len(block)]
+    if not line.startswith(b"data:"):
+        return None
+    return line[6:] if line[5:6] == b" " else line[5:]
+
+
+class _JsonArrayElements:
+    """Splits a streamed top-level JSON array (Gemini without alt=sse) into element byte strings."""
+
+    __slots__ = ("_buffer", "_depth", "_in_string", "_scan", "_start")
+
+    _OUTSIDE = re.compile(rb'[\[\]{}"]')
+    _INSIDE = re.compile(rb'["\\]')
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._scan = 0
+        self._depth = 0
+        self._in_string = False
+        self._start = -1
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer + data
+        elements: list[bytes] = []
+        pos = self._scan
+        size = len(buffer)
+        while pos < size:
+            if self._in_string:
+                match = self._INSIDE.search(buffer, pos)
+                if match is None:
+                    pos = size
+                    break
+                if match.group() == b"\\":
+                    if match.end() >= size:
+                        pos = match.start()  # escape split across reads: rescan it next time
+                        break
+                    pos = match.end() + 1
+                    continue
+                self._in_string = False
+                pos = match.end()
+                continue
+            match = self._OUTSIDE.search(buffer, pos)
+            if match is None:
+                pos = size
+                break
+            char = match.group()
+            pos = match.end()
+            if char == b'"':
+                self._in_string = True
+            elif char in (b"{", b"["):
+                self._depth += 1
+                if self._depth == 2:
+                    self._start = match.start()
+            else:
+                self._depth -= 1
+                if self._depth == 1 and self._start >= 0:
+                    elements.append(buffer[self._start : pos])
+                    self._start = -1
+        # Keep only what an unfinished element still needs.
+        keep_from = self._start if self._start >= 0 else pos
+        self._buffer = buffer[keep_from:]
+        self._scan = pos - keep_from
+        if self._start >= 0:
+            self._start = 0
+        return elements
+
+
+class StreamUsage:
+    """Tees one streamed response: forwards its bytes and captures the usage it reports.
+
+    `hide_usage_chunk` (OpenAI chat/completions): the proxy injected
+    `stream_options.include_usage`; the usage-only chunk (`"choices": []` with a usage object) is
+    dropped from what the client receives. Partial events are then held back until complete, so
+    `feed` may return fewer (or more) bytes than it was given; `finish` returns the rest.
+    """
+
+    def __init__(self, api: ApiFormat, model: str, *, hide_usage_chunk: bool = False) -> None:
+        self.api: ApiFormat = api
+        self.model = model
+        self._hide = hide_usage_chunk and api in ("openai-chat", "openai-completions")
+        self._carry = b""
+        self._complete = False
+        self._final = False
+        self._error = False
+        self._usage: TokenCounts | None = None
+        # Anthropic: message_start usage merged with each (cumulative) message_delta usage.
+        self._anthropic_usage: dict[str, Any] | None = None
+        # Gemini: raw data of the last event carrying usageMetadata (parsed when asked for).
+        self._gemini_last: bytes | None = None
+        self._gemini_array: _JsonArrayElements | None = None
+        self._sniffed = api != "gemini"
+        self._events = EventStreamParser() if api in ("bedrock-converse", "bedrock-invoke") else None
+        self._kept: list[bytes] = []
+        self._kept_size = 0
+        self._folded_output_tokens = 0
+        self._finished = False
+
+    # -- public ---------------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> TokenCounts | None:
+        """Provider-reported usage seen so far (final once the stream is complete)."""
+        if self._gemini_last is not None:
+            payload = _loads(self._gemini_last)
+            self._gemini_last = None
+            if isinstance(payload, Mapping):
+                counts = usage_mod.usage_from_json("gemini", payload)
+                if counts is not None:
+                    self._usage = counts
+        return self._usage
+
+    @property
+    def complete(self) -> bool:
+        """The stream reached its proper end ([DONE], message_stop, response.completed, ...)."""
+        return self._complete
+
+    @property
+    def error(self) -> bool:
+        """The provider reported an error inside the stream (after HTTP 200)."""
+        return self._error
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to forward to the client for this upstream chunk (the same object when unchanged)."""
+        if not chunk:
+            return chunk
+        if self._events is not None:
+            self._feed_event_stream(chunk)
+            return chunk
+        if not self._sniffed:
+            stripped = chunk.lstrip()
+            if not stripped:
+                return chunk
+            self._sniffed = True
+            if stripped[:1] == b"[":
+                self._gemini_array = _JsonArrayElements()
+        if self._gemini_array is not None:
+            for element in self._gemini_array.feed(chunk):
+                self._gemini_payload(element)
+            return chunk
+        data = self._carry + chunk if self._carry else chunk
+        cut = _last_event_end(data)
+        if cut < 0:
+            self._carry = data
+            return b"" if self._hide else chunk
+        if cut == len(data):
+            block, self._carry = data, b""
+        else:
+            block, self._carry = data[:cut], data[cut:]
+        out = self._block(block)
+        if not self._hide:
+            return chunk
+        return chunk if out is chunk else out
+
+    def finish(self) -> bytes:
+        """End of the upstream stream: process what was held back and return it for the client."""
+        if self._finished:
+            return b""
+        self._finished = True
+        if self._events is not None or self._gemini_array is not None:
+            return b""
+        tail, self._carry = self._carry, b""
+        if not tail:
+            return b""
+        out = self._block(tail, flush=True)
+        return out if self._hide else b""
+
+    def fallback_counts(self, prompt_tokens: int) -> TokenCounts:
+        """Usage of a stream cut off before its final usage: provider-reported parts where known
+        (e.g. Anthropic's message_start input), else `prompt_tokens`; output counted with tiktoken
+        from the text that passed (reasoning the provider never streamed cannot be seen)."""
+        counted = self._folded_output_tokens + self._count_kept()
+        reported = self.usage
+        if reported is None:
+            return TokenCounts(input_tokens=prompt_tokens, output_tokens=counted)
+        return TokenCounts(
+            input_tokens=reported.input_tokens or prompt_tokens,
+            cached_input_tokens=reported.cached_input_tokens,
+            cache_write_tokens=reported.cache_write_tokens,
+            output_tokens=max(reported.output_tokens, counted),
+            reasoning_tokens=reported.reasoning_tokens,
+        )
+
+    def settled_counts(self, prompt_tokens: int) -> TokenCounts:
+        """What to charge: the provider's final usage when it arrived, else `fallback_counts`."""
+        usage = self.usage
+        if usage is not None and (self._final or self._complete):
+            return usage
+        return self.fallback_counts(prompt_tokens)
+
+    # -- SSE formats ----------------------------------------------------------------------------
+
+    def _keep(self, data: bytes) -> None:
+        self._kept.append(data)
+        self._kept_size += len(data)
+        if self._kept_size > _KEEP_BYTES:
+            self._folded_output_tokens += self._count_kept()
+
+    def _block(self, block: bytes, *, flush: bool = False) -> bytes:
+        """Process whole events; returns the block itself, or a copy without the dropped event."""
+        api = self.api
+        if api in ("openai-chat", "openai-completions", "openai-embeddings"):
+            self._keep(block)
+            if b"[DONE]" in block and _DONE.search(block):
+                self._complete = True
+            if b'"usage"' in block and _USAGE_OBJECT.search(block):
+                return self._openai_usage(block, flush)
+            return block
+        if api == "openai-responses":
+            self._keep(block)
+            if any(marker in block for marker in _RESPONSES_END) or any(m in block for m in _ERROR_MARKERS):
+                self._responses_events(block, flush)
+            return block
+        if api == "anthropic-messages":
+            self._keep(block)
+            if any(marker in block for marker in _ANTHROPIC_MARKERS):
+                self._anthropic_events(block, flush)
+            return block
+        if api == "gemini":
+            self._keep(block)
+            pos = block.rfind(b'"usageMetadata"')
+            if pos >= 0:
+                line = _data_line_at(block, pos)
+                if line is None:  # multi-line data: parse properly
+                    for event in _raw_events(block, flush=flush):
+                        if b'"usageMetadata"' in event.data:
+                            line = event.data
+                self._gemini_payload_usage(line)
+            if b'"finishReason"' in block:
+                self._complete = self._final = True
+            return block
+        return block
+
+    def _openai_usage(self, block: bytes, flush: bool) -> bytes:
+        drop: list[tuple[int, int]] = []
+        for event in _raw_events(block, flush=flush):
+            if b'"usage"' not in event.data:
+                continue
+            payload = _loads(event.data)
+            if not isinstance(payload, Mapping):
+                continue
+            counts = usage_mod.usage_from_json(self.api, payload)
+            if counts is None:
+                continue
+            self._usage = counts
+            if payload.get("choices") == []:
+                # The dedicated final usage chunk (servers that report running usage on content
+                # chunks are final only at [DONE]).
+                self._final = True
+                if self._hide:
+                    drop.append((event.start, event.end))
+        if not drop:
+            return block
+        parts: list[bytes] = []
+        pos = 0
+        for start, end in drop:
+            parts.append(block[pos:start])
+            pos = end
+        parts.append(block[pos:])
+        return b"".join(parts)
+
+    def _responses_events(self, block: bytes, flush: bool) -> None:
+        for event in _raw_events(block, flush=flush):
+            name = event.event
+            if name == b"message":  # no event line: the type is in the data
+                if not any(m in event.data for m in _RESPONSES_END) and b"error" not in event.data:
+                    continue
+                payload = _loads(event.data)
+                name = str(payload.get("type", "")).encode() if isinstance(payload, Mapping) else b""
+            elif name not in _RESPONSES_END and name != b"error":
+                continue
+            else:
+                payload = _loads(event.data)
+            if name == b"error":
+                self._error = True
+                continue
+            if name not in _RESPONSES_END:
+                continue
+            self._complete = True
+            if name == b"response.failed":
+                self._error = True
+            if isinstance(payload, Mapping):
+                counts = usage_mod.usage_from_json("openai-responses", payload)
+                if counts is not None:
+                    self._usage = counts
+                    self._final = True
+
+    def _anthropic_events(self, block: bytes, flush: bool) -> None:
+        for event in _raw_events(block, flush=flush):
+            name = event.event
+            if name == b"message":  # no event line: the type is in the data
+                if not any(m in event.data for m in (b"message_", b"error")):
+                    continue
+            elif name not in (b"message_start", b"message_delta", b"message_stop", b"error"):
+                continue
+            payload = _loads(event.data)
+            if isinstance(payload, Mapping):
+                self._anthropic_payload(payload)
+
+    def _anthropic_payload(self, payload: Mapping[str, Any]) -> None:
+        kind = payload.get("type")
+        if kind == "message_start":
+            message = payload.get("message")
+            usage = message.get("usage") if isinstance(message, Mapping) else None
+            if isinstance(usage, Mapping):
+                self._anthropic_usage = dict(usage)
+                self._usage = usage_mod.anthropic_usage(self._anthropic_usage)
+        elif kind == "message_delta":
+            usage = payload.get("usage")
+            if isinstance(usage, Mapping):
+                # Cumulative counts: the latest value of each field replaces the earlier one.
+                merged = self._anthropic_usage if self._anthropic_usage is not None else {}
+                merged.update({k: v for k, v in usage.items() if v is not None})
+                self._anthropic_usage = merged
+                self._usage = usage_mod.anthropic_usage(merged)
+                self._final = True
+        elif kind == "message_stop":
+            self._complete = True
+        elif kind == "error":
+            self._error = True
+
+    # -- Gemini -----------------------------------------------------------------------------------
+
+    def _gemini_payload_usage(self, data: bytes | None) -> None:
+        # Running totals: only the last one matters, so it is parsed only when `usage` is read.
+        if data is not None:
+            self._gemini_last = data
+
+    def _gemini_payload(self, element: bytes) -> None:
+        self._keep(element)
+        if b'"usageMetadata"' in element:
+            self._gemini_payload_usage(element)
+        if b'"finishReason"' in element:
+            self._complete = self._final = True
+
+    # -- AWS event stream -----------------------------------------------------------------------
+
+    def _feed_event_stream(self, chunk: bytes) -> None:
+        assert self._events is not None
+        try:
+            messages = self._events.feed(chunk)
+        except EventStreamError:
+            self._error = True
+            return
+        for message in messages:
+            if message.message_type != "event":
+                self._error = True
+                continue
+            if self.api == "bedrock-converse":
+                self._converse_event(message)
+            else:
+                self._invoke_chunk(message)
+
+    def _converse_event(self, message: EventStreamMessage) -> None:
+        event_type = message.event_type
+        if event_type == "metadata":
+            payload = _loads(message.payload)
+            usage = payload.get("usage") if isinstance(payload, Mapping) else None
+            if isinstance(usage, Mapping):
+                self._usage = usage_mod.bedrock_usage(usage)
+                self._final = True
+            self._complete = True
+        elif event_type in ("contentBlockDelta", "contentBlockStart"):
+            self._keep(message.payload)
+
+    def _invoke_chunk(self, message: EventStreamMessage) -> None:
+        if message.event_type != "chunk":
+            return
+        envelope = _loads(message.payload)
+        encoded = envelope.get("bytes") if isinstance(envelope, Mapping) else None
+        if not isinstance(encoded, str):
+            return
+        try:
+            native = base64.b64decode(encoded)
+        except (binascii.Error, ValueError):
+            return
+        self._keep(native)
+        if b"invocationMetrics" in native or b"message_" in native or b'"error"' in native:
+            payload = _loads(native)
+            if not isinstance(payload, Mapping):
+                return
+            if "type" in payload:
+                self._anthropic_payload(payload)
+            metrics = payload.get("amazon-bedrock-invocationMetrics")
+            if isinstance(metrics, Mapping):
+                # Bedrock appends these to every model's last chunk; Claude's own usage (message_start
+                # + message_delta, with its cache split) is preferred when it was seen.
+                if self._anthropic_usage is None:
+                    self._usage = usage_mod.bedrock_invocation_metrics(metrics)
+                self._final = self._complete = True
+
+    # -- fallback text ----------------------------------------------------------------------------
+
+    def _count_kept(self) -> int:
+        if not self._kept:
+            return 0
+        kept, self._kept, self._kept_size = self._kept, [], 0
+        texts: list[str] = []
+        if self.api in _SSE_APIS or (self.api == "gemini" and self._gemini_array is None):
+            for block in kept:
+                for event in _raw_events(block, flush=True):
+                    payload = _loads(event.data)
+                    if isinstance(payload, Mapping):
+                        _collect_text(self.api, payload, texts)
+        else:
+            for item in kept:  # one JSON document each
+                payload = _loads(item)
+                if isinstance(payload, Mapping):
+                    _collect_text(self.api, payload, texts)
+        if not texts:
+            return 0
+        encode = usage_mod.encoding_for_model(self.model).encode_ordinary
+        return sum(len(encode(text)) for text in texts)
+
+
+def _append(texts: list[str], value: object) -> None:
+    if isinstance(value, str) and value:
+        texts.append(value)
+    elif isinstance(value, Mapping | list) and value:
+        texts.append(orjson.dumps(value).decode())
+
+
+def _collect_text(api: ApiFormat, payload: Mapping[str, Any], texts: list[str]) -> None:
+    """Generated text (incl. visible reasoning and tool-call arguments) of one streamed event."""
+    if api in ("openai-chat", "openai-completions", "openai-embeddings"):
+        choices = payload.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, Mapping):
+                continue
+            _append(texts, choice.get("text"))
+            delta = choice.get("delta")
+            if not isinstance(delta, Mapping):
+                continue
+            for key in ("content", "reasoning_content", "reasoning", "refusal"):
+                _append(texts, delta.get(key))
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    function = call.get("function") if isinstance(call, Mapping) else None
+                    if isinstance(function, Mapping):
+                        _append(texts, function.get("name"))
+                        _append(texts, function.get("arguments"))
+    elif api == "openai-responses":
+        kind = payload.get("type")
+        if isinstance(kind, str) and kind.endswith(".delta"):
+            _append(texts, payload.get("delta"))
+    elif api in ("anthropic-messages", "bedrock-invoke"):
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, Mapping):
+                for key in ("text", "thinking", "partial_json"):
+                    _append(texts, delta.get(key))
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if isinstance(block, Mapping):
+                _append(texts, block.get("text"))
+                _append(texts, block.get("name"))
+        elif api == "bedrock-invoke":
+            # Other native formats: Llama `generation`, Titan `outputText`, Claude v2 `completion`,
+            # Mistral `outputs[].text`, Nova `contentBlockDelta.delta.text`.
+            for key in ("generation", "outputText", "completion"):
+                _append(texts, payload.get(key))
+            outputs = payload.get("outputs")
+            if isinstance(outputs, list):
+                for output in outputs:
+                    if isinstance(output, Mapping):
+                        _append(texts, output.get("text"))
+            block_delta = payload.get("contentBlockDelta")
+            if isinstance(block_delta, Mapping):
+                _bedrock_delta_text(block_delta, texts)
+    elif api == "gemini":
+        candidates = payload.get("candidates")
+        if not isinstance(candidates, list):
+            return
+        for candidate in candidates:
+            content = candidate.get("content") if isinstance(candidate, Mapping) else None
+            parts = content.get("parts") if isinstance(content, Mapping) else None
+            if isinstance(parts, list):
+                for part in parts:
+                    if isinstance(part, Mapping):
+                        _append(texts, part.get("text"))
+                        _append(texts, part.get("functionCall"))
+    elif api == "bedrock-converse":
+        if "delta" in payload:
+            _bedrock_delta_text(payload, texts)
+        start = payload.get("start")
+        tool_use = start.get("toolUse") if isinstance(start, Mapping) else None
+        if isinstance(tool_use, Mapping):
+            _append(texts, tool_use.get("name"))
+
+
+def _bedrock_delta_text(payload: Mapping[str, Any], texts: list[str]) -> None:
+    delta = payload.get("delta")
+    if not isinstance(delta, Mapping):
+        return
+    _append(texts, delta.get("text"))
+    tool_use = delta.get("toolUse")
+    if isinstance(tool_use, Mapping):
+        _append(texts, tool_use.get("input"))
+    reasoning = delta.get("reasoningContent")
+    if isinstance(reasoning, Mapping):
+        _append(texts, reasoning.get("text"))

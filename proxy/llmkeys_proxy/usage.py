@@ -1,0 +1,794 @@
+"""Token counting (offline tiktoken) and usage extraction from every provider's JSON; the proxy calls it.
+
+The proxy's request pipeline uses `estimate_prompt_tokens` + `requested_output_tokens` to size a
+reservation before forwarding, and `usage_from_json` to settle a non-streamed response with the
+usage the provider reported (`streams.StreamUsage` does the same for streams). Local counts are
+estimates: a provider's reported usage always wins when there is one.
+
+Encodings are the BPE rank files shipped in `llmkeys_proxy/encodings/`, checked against tiktoken's
+published SHA-256 hashes and parsed here, so nothing ever touches the network or a cache directory
+(air-gapped clusters, read-only root file systems).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import tiktoken
+import tiktoken.model
+
+ApiFormat = Literal[
+    "openai-chat",
+    "openai-completions",
+    "openai-embeddings",
+    "openai-responses",
+    "anthropic-messages",
+    "gemini",
+    "bedrock-converse",
+    "bedrock-invoke",
+]
+
+#: Folder of the shipped `<encoding>.tiktoken` rank files.
+ENCODINGS_DIR = Path(__file__).parent / "encodings"
+
+#: Fallback encoding for models tiktoken does not know (newer OpenAI families, Claude, Gemini, ...).
+DEFAULT_ENCODING = "o200k_base"
+
+# Rough allowances for request parts tiktoken cannot count. Reservations only need the right order
+# of magnitude; settlement replaces them with the provider's reported usage.
+#: An image, audio clip, video or file part: OpenAI charges 85..~1,100 tokens per image, Anthropic up
+#: to ~1,600, Gemini 258 per image; PDFs and audio can be more (underestimates are settled later).
+NON_TEXT_PART_TOKENS = 1024
+#: Per-message framing of chat formats (OpenAI cookbook: 3 per message, 3 to prime the reply).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+_ENDOFTEXT = "<|endoftext|>"
+_ENDOFPROMPT = "<|endofprompt|>"
+
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
+    r"""\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingSpec:
+    """How to build one tiktoken encoding from a shipped rank file (mirrors tiktoken_ext.openai_public)."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    pattern: str
+    special_tokens: Mapping[str, int]
+
+
+def _harmony_special_tokens() -> dict[str, int]:
+    tokens = {
+        _ENDOFTEXT: 199999,
+        _ENDOFPROMPT: 200018,
+        "<|startoftext|>": 199998,
+        "<|reserved_200000|>": 200000,
+        "<|reserved_200001|>": 200001,
+        "<|return|>": 200002,
+        "<|constrain|>": 200003,
+        "<|reserved_200004|>": 200004,
+        "<|channel|>": 200005,
+        "<|start|>": 200006,
+        "<|end|>": 200007,
+        "<|message|>": 200008,
+        "<|reserved_200009|>": 200009,
+        "<|reserved_200010|>": 200010,
+        "<|reserved_200011|>": 200011,
+        "<|call|>": 200012,
+    }
+    tokens.update({f"<|reserved_{i}|>": i for i in range(200013, 201088)})
+    return tokens
+
+
+#: Shipped encodings; hashes and sizes are tiktoken's published ones (tiktoken_ext/openai_public.py).
+ENCODINGS: Mapping[str, EncodingSpec] = {
+    "cl100k_base": EncodingSpec(
+        name="cl100k_base",
+        file="cl100k_base.tiktoken",
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        size=1_681_126,
+        pattern=_CL100K_PATTERN,
+        special_tokens={
+            _ENDOFTEXT: 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            _ENDOFPROMPT: 100276,
+        },
+    ),
+    "o200k_base": EncodingSpec(
+        name="o200k_base",
+        file="o200k_base.tiktoken",
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        size=3_613_922,
+        pattern=_O200K_PATTERN,
+        special_tokens={_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
+    ),
+    # gpt-oss: the o200k ranks with the harmony chat-format specials.
+    "o200k_harmony": EncodingSpec(
+        name="o200k_harmony",
+        file="o200k_base.tiktoken",
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        size=3_613_922,
+        pattern=_O200K_PATTERN,
+        special_tokens=_harmony_special_tokens(),
+    ),
+}
+
+
+class EncodingIntegrityError(ValueError):
+    """A shipped encoding file is missing, truncated or altered (its SHA-256 does not match)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Usage of one request, normalised across providers.
+
+    `input_tokens` is ALL input: for OpenAI/Gemini the reported prompt count (it includes cached
+    tokens); for Anthropic/Bedrock input + cache reads + cache writes. `output_tokens` includes
+    reasoning/thinking tokens; the detail fields are subsets of the totals, for pricing and audit.
+    """
+
+    input_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Encodings
+
+
+def _parse_ranks(data: bytes) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@functools.cache
+def _read_verified(path: Path, sha256: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EncodingIntegrityError(f"encoding file {path.name} cannot be read: {exc.strerror}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise EncodingIntegrityError(
+            f"encoding file {path.name} has SHA-256 {actual}, expected {sha256}: refusing to use it"
+        )
+    return data
+
+
+@functools.cache
+def load_encoding(name: str, directory: Path = ENCODINGS_DIR) -> tiktoken.Encoding:
+    """The named encoding built from the shipped (hash-verified) rank file; cached per process.
+
+    Raises KeyError for an encoding we do not ship and EncodingIntegrityError for a bad file.
+    """
+    spec = ENCODINGS[name]
+    data = _read_verified(directory / spec.file, spec.sha256)
+    return tiktoken.Encoding(
+        name=spec.name,
+        pat_str=spec.pattern,
+        mergeable_ranks=_parse_ranks(data),
+        special_tokens=dict(spec.special_tokens),
+    )
+
+
+_MODEL_PREFIXES = ("openai/", "azure/", "models/", "ft:")
+
+
+@functools.lru_cache(maxsize=4096)
+def encoding_name_for_model(model: str) -> str:
+    """tiktoken's model map (shipped encodings only); unknown models get `DEFAULT_ENCODING`."""
+    name = model
+    for prefix in _MODEL_PREFIXES:
+        if name.startswith(prefix) and prefix != "ft:":
+            name = name[len(prefix) :]
+    try:
+        encoding = str(tiktoken.model.encoding_name_for_model(name))
+    except KeyError:
+        return DEFAULT_ENCODING
+    # r50k/p50k/gpt2 (retired models) are not shipped: cl100k is their closest successor.
+    return encoding if encoding in ENCODINGS else "cl100k_base"
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    """The tiktoken encoding used to count `model`'s tokens (an estimate for non-OpenAI models)."""
+    return load_encoding(encoding_name_for_model(model))
+
+
+def count_tokens(model: str, text: str) -> int:
+    """Number of tokens of `text`; special-token look-alikes in user text count as plain text."""
+    if not text:
+        return 0
+    return len(encoding_for_model(model).encode_ordinary(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# Request estimates
+
+
+class _Counter:
+    """Accumulates text (counted in one tiktoken call) and fixed allowances for one request."""
+
+    __slots__ = ("fixed", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.fixed = 0
+
+    def text(self, value: object) -> None:
+        if isinstance(value, str):
+            if value:
+                self.texts.append(value)
+        elif value is not None:
+            # Tool schemas, function arguments, structured payloads: their JSON text is a fair proxy.
+            self.texts.append(orjson.dumps(value, default=str).decode())
+
+    def total(self, model: str) -> int:
+        if not self.texts:
+            return self.fixed
+        encode = encoding_for_model(model).encode_ordinary
+        # Each value separately, as the cookbook recipe does: joining would merge tokens at the seams.
+        return self.fixed + sum(len(encode(text)) for text in self.texts)
+
+
+def _openai_content(counter: _Counter, content: object) -> None:
+    """Chat/Responses message content: a string or a list of typed parts."""
+    if isinstance(content, str) or content is None:
+        counter.text(content)
+        return
+    if not isinstance(content, list):
+        counter.text(content)
+        return
+    for part in content:
+        if not isinstance(part, Mapping):
+            counter.text(part)
+            continue
+        kind = part.get("type")
+        if "text" in part and isinstance(part["text"], str):
+            counter.text(part["text"])
+        elif kind in ("refusal",):
+            counter.text(part.get("refusal"))
+        elif kind in ("image_url", "input_image", "input_audio", "file", "input_file", "image", "audio"):
+            counter.fixed += NON_TEXT_PART_TOKENS
+        else:
+            counter.text(part)
+
+
+def _openai_chat(counter: _Counter, body: Mapping[str, Any]) -> None:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            counter.fixed += TOKENS_PER_MESSAGE
+            if not isinstance(message, Mapping):
+                counter.text(message)
+                continue
+            for key, value in message.items():
+                if key == "content":
+                    _openai_content(counter, value)
+                elif key == "tool_calls" and isinstance(value, list):
+                    for call in value:
+                        function = call.get("function") if isinstance(call, Mapping) else None
+                        if isinstance(function, Mapping):
+                            counter.text(function.get("name"))
+                            counter.text(function.get("arguments"))
+                        else:
+                            counter.text(call)
+                else:
+                    counter.text(value)
+                    if key == "name":
+                        counter.fixed += TOKENS_PER_NAME
+        counter.fixed += REPLY_PRIMING_TOKENS
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            counter.text(body[key])
+
+
+def _openai_responses(counter: _Counter, body: Mapping[str, Any]) -> None:
+    counter.text(body.get("instructions"))
+    items = body.get("input")
+    if isinstance(items, list):
+        for item in items:
+            counter.fixed += TOKENS_PER_MESSAGE
+            if not isinstance(item, Mapping):
+                counter.text(item)
+                continue
+            kind = item.get("type", "message")
+            if kind == "message" or "role" in item:
+                counter.text(item.get("role"))
+                _openai_content(counter, item.get("content"))
+            elif kind == "function_call":
+                counter.text(item.get("name"))
+                counter.text(item.get("arguments"))
+            elif kind == "function_call_output":
+                _openai_content(counter, item.get("output"))
+            elif kind == "item_reference":
+                continue
+            else:
+                counter.text(item)
+    else:
+        counter.text(items)
+    counter.fixed += REPLY_PRIMING_TOKENS
+    for key in ("tools", "text"):
+        if body.get(key):
+            counter.text(body[key])
+
+
+def _prompt_list(counter: _Counter, value: object) -> None:
+    """Completions `prompt` / embeddings `input`: str, list of str, token array or list of arrays."""
+    if isinstance(value, str):
+        counter.text(value)
+    elif isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            counter.fixed += len(value)
+            return
+        for item in value:
+            if isinstance(item, list):
+                counter.fixed += len(item)
+            else:
+                counter.text(item)
+    else:
+        counter.text(value)
+
+
+def _anthropic_blocks(counter: _Counter, content: object) -> None:
+    if isinstance(content, str) or not isinstance(content, list):
+        counter.text(content)
+        return
+    for block in content:
+        if not isinstance(block, Mapping):
+            counter.text(block)
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            counter.text(block.get("text"))
+        elif kind == "thinking":
+            counter.text(block.get("thinking"))
+        elif kind == "tool_use":
+            counter.text(block.get("name"))
+            counter.text(block.get("input"))
+        elif kind == "tool_result":
+            _anthropic_blocks(counter, block.get("content"))
+        elif kind in ("image", "document", "redacted_thinking", "container_upload"):
+            counter.fixed += NON_TEXT_PART_TOKENS
+        else:
+            counter.text(block)
+
+
+def _anthropic(counter: _Counter, body: Mapping[str, Any]) -> None:
+    _anthropic_blocks(counter, body.get("system"))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            counter.fixed += TOKENS_PER_MESSAGE
+            if isinstance(message, Mapping):
+                _anthropic_blocks(counter, message.get("content"))
+            else:
+                counter.text(message)
+        counter.fixed += REPLY_PRIMING_TOKENS
+    if body.get("tools"):
+        counter.text(body["tools"])
+
+
+def _gemini_parts(counter: _Counter, content: object) -> None:
+    parts = content.get("parts") if isinstance(content, Mapping) else content
+    if isinstance(parts, str):
+        counter.text(parts)
+        return
+    if not isinstance(parts, list):
+        return
+    for part in parts:
+        if not isinstance(part, Mapping):
+            counter.text(part)
+        elif "text" in part:
+            counter.text(part["text"])
+        elif any(k in part for k in ("inlineData", "inline_data", "fileData", "file_data")):
+            counter.fixed += NON_TEXT_PART_TOKENS
+        else:
+            counter.text(part)
+
+
+def _gemini(counter: _Counter, body: Mapping[str, Any]) -> None:
+    _gemini_parts(counter, body.get("systemInstruction", body.get("system_instruction")))
+    contents = body.get("contents")
+    if isinstance(contents, Mapping):
+        contents = [contents]
+    if isinstance(contents, list):
+        for content in contents:
+            counter.fixed += TOKENS_PER_MESSAGE
+            _gemini_parts(counter, content)
+    # embedContent: {"content": {...}}; batchEmbedContents: {"requests": [{"content": ...}]}
+    if "content" in body:
+        _gemini_parts(counter, body["content"])
+    requests = body.get("requests")
+    if isinstance(requests, list):
+        for request in requests:
+            if isinstance(request, Mapping):
+                _gemini_parts(counter, request.get("content"))
+    if body.get("tools"):
+        counter.text(body["tools"])
+
+
+def _bedrock_blocks(counter: _Counter, blocks: object) -> None:
+    if not isinstance(blocks, list):
+        counter.text(blocks)
+        return
+    for block in blocks:
+        if not isinstance(block, Mapping):
+            counter.text(block)
+        elif "text" in block:
+            counter.text(block["text"])
+        elif "json" in block:
+            counter.text(block["json"])
+        elif "toolUse" in block:
+            tool_use = block["toolUse"]
+            counter.text(tool_use.get("name") if isinstance(tool_use, Mapping) else None)
+            counter.text(tool_use.get("input") if isinstance(tool_use, Mapping) else tool_use)
+        elif "toolResult" in block:
+            result = block["toolResult"]
+            _bedrock_blocks(counter, result.get("content") if isinstance(result, Mapping) else result)
+        elif "reasoningContent" in block:
+            reasoning = block["reasoningContent"]
+            text = reasoning.get("reasoningText") if isinstance(reasoning, Mapping) else None
+            counter.text(text.get("text") if isinstance(text, Mapping) else None)
+        elif "cachePoint" in block or "guardContent" in block:
+            continue
+        elif any(k in block for k in ("image", "document", "video")):
+            counter.fixed += NON_TEXT_PART_TOKENS
+        else:
+            counter.text(block)
+
+
+def _bedrock_converse(counter: _Counter, body: Mapping[str, Any]) -> None:
+    _bedrock_blocks(counter, body.get("system", []))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            counter.fixed += TOKENS_PER_MESSAGE
+            if isinstance(message, Mapping):
+                _bedrock_blocks(counter, message.get("content"))
+        counter.fixed += REPLY_PRIMING_TOKENS
+    if body.get("toolConfig"):
+        counter.text(body["toolConfig"])
+
+
+def _all_strings(counter: _Counter, value: object) -> None:
+    """Unknown body shapes: every string value counts (keys and numbers do not)."""
+    if isinstance(value, str):
+        counter.text(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _all_strings(counter, item)
+    elif isinstance(value, list):
+        for item in value:
+            _all_strings(counter, item)
+
+
+def _bedrock_invoke(counter: _Counter, body: Mapping[str, Any]) -> None:
+    # InvokeModel bodies are the model's native format: Claude (Anthropic Messages), Nova
+    # (Converse-like), Llama/Mistral (`prompt`), Titan (`inputText`), Cohere (`message`).
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        if _has_untyped_blocks(messages):
+            _bedrock_converse(counter, body)  # Nova: Converse-shaped blocks ({"text": ...})
+        else:
+            _anthropic(counter, body)  # Claude: typed blocks or plain string content
+    else:
+        _all_strings(counter, {k: v for k, v in body.items() if k != "anthropic_version"})
+
+
+def _has_untyped_blocks(messages: list[Any]) -> bool:
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            return any(isinstance(block, Mapping) and "type" not in block for block in content)
+    return False
+
+
+def estimate_prompt_tokens(api: ApiFormat, model: str, body: Mapping[str, Any]) -> int:
+    """Estimated input tokens of a request body, for the reservation made before forwarding.
+
+    Text is counted with tiktoken (exact for OpenAI models, an approximation for Claude/Gemini);
+    chat formats add the cookbook framing (3 per message, +1 per `name`, +3 reply priming); tool
+    schemas and structured arguments count as their JSON text; each image/audio/file part counts
+    `NON_TEXT_PART_TOKENS`.
+    """
+    counter = _Counter()
+    if api == "openai-chat":
+        _openai_chat(counter, body)
+    elif api == "openai-responses":
+        _openai_responses(counter, body)
+    elif api == "openai-completions":
+        _prompt_list(counter, body.get("prompt"))
+        counter.text(body.get("suffix"))
+    elif api == "openai-embeddings":
+        _prompt_list(counter, body.get("input"))
+    elif api == "anthropic-messages":
+        _anthropic(counter, body)
+    elif api == "gemini":
+        _gemini(counter, body)
+    elif api == "bedrock-converse":
+        _bedrock_converse(counter, body)
+    elif api == "bedrock-invoke":
+        _bedrock_invoke(counter, body)
+    else:
+        _all_strings(counter, body)
+    return counter.total(model)
+
+
+def _int(value: object) -> int | None:
+    """A non-negative integer from JSON (bools are not numbers here); floats like 100.0 are accepted."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value >= 0 and value.is_integer():
+        return int(value)
+    return None
+
+
+def _get(body: Mapping[str, Any], *path: str) -> object:
+    value: object = body
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _first_int(body: Mapping[str, Any], *paths: tuple[str, ...]) -> int | None:
+    for path in paths:
+        value = _int(_get(body, *path))
+        if value is not None:
+            return value
+    return None
+
+
+def _choices(body: Mapping[str, Any], *keys: str) -> int:
+    """Number of completions asked for (n / best_of / candidateCount): each is billed."""
+    best = 1
+    for key in keys:
+        value = _int(_get(body, *key.split(".")))
+        if value is not None and value > best:
+            best = value
+    return best
+
+
+def requested_output_tokens(api: ApiFormat, body: Mapping[str, Any]) -> int | None:
+    """The output cap the request asks for (times the number of completions asked for), or None when
+    it names none (the caller then reserves the key's default). Embeddings produce no output: 0."""
+    cap: int | None
+    if api == "openai-embeddings":
+        return 0
+    if api == "openai-chat":
+        cap = _first_int(body, ("max_completion_tokens",), ("max_tokens",))
+        n = _choices(body, "n")
+    elif api == "openai-completions":
+        cap = _first_int(body, ("max_tokens",))
+        n = _choices(body, "n", "best_of")
+    elif api == "openai-responses":
+        cap = _first_int(body, ("max_output_tokens",))
+        n = 1
+    elif api == "anthropic-messages":
+        cap = _first_int(body, ("max_tokens",))
+        n = 1
+    elif api == "gemini":
+        cap = _first_int(
+            body,
+            ("generationConfig", "maxOutputTokens"),
+            ("generation_config", "max_output_tokens"),
+            ("generationConfig", "max_output_tokens"),
+        )
+        n = max(
+            _choices(body, "generationConfig.candidateCount"),
+            _choices(body, "generation_config.candidate_count"),
+        )
+    elif api == "bedrock-converse":
+        cap = _first_int(body, ("inferenceConfig", "maxTokens"))
+        n = 1
+    elif api == "bedrock-invoke":
+        cap = _first_int(
+            body,
+            ("max_tokens",),  # Claude, Mistral
+            ("max_gen_len",),  # Llama
+            ("inferenceConfig", "max_new_tokens"),  # Nova
+            ("inferenceConfig", "maxTokens"),
+            ("textGenerationConfig", "maxTokenCount"),  # Titan
+            ("max_tokens_to_sample",),  # Claude text completions
+        )
+        n = 1
+    else:
+        return None
+    return None if cap is None else cap * n
+
+
+# --------------------------------------------------------------------------------------------------
+# Reported usage
+
+
+def _n(value: object) -> int:
+    return _int(value) or 0
+
+
+def openai_usage(usage: Mapping[str, Any]) -> TokenCounts:
+    """Chat/Completions/Embeddings `usage` (prompt_tokens includes cached tokens)."""
+    prompt = _get(usage, "prompt_tokens_details")
+    completion = _get(usage, "completion_tokens_details")
+    prompt_details: Mapping[str, Any] = prompt if isinstance(prompt, Mapping) else {}
+    completion_details: Mapping[str, Any] = completion if isinstance(completion, Mapping) else {}
+    return TokenCounts(
+        input_tokens=_n(usage.get("prompt_tokens")),
+        cached_input_tokens=_n(prompt_details.get("cached_tokens")),
+        cache_write_tokens=_n(prompt_details.get("cache_write_tokens")),
+        output_tokens=_n(usage.get("completion_tokens")),
+        reasoning_tokens=_n(completion_details.get("reasoning_tokens")),
+    )
+
+
+def openai_responses_usage(usage: Mapping[str, Any]) -> TokenCounts:
+    """Responses API `usage` (input_tokens includes cached tokens)."""
+    return TokenCounts(
+        input_tokens=_n(usage.get("input_tokens")),
+        cached_input_tokens=_n(_get(usage, "input_tokens_details", "cached_tokens")),
+        output_tokens=_n(usage.get("output_tokens")),
+        reasoning_tokens=_n(_get(usage, "output_tokens_details", "reasoning_tokens")),
+    )
+
+
+def anthropic_usage(usage: Mapping[str, Any]) -> TokenCounts:
+    """Anthropic `usage`: input_tokens excludes cache reads and writes, so they are added back."""
+    cache_read = _n(usage.get("cache_read_input_tokens"))
+    cache_write = _n(usage.get("cache_creation_input_tokens"))
+    return TokenCounts(
+        input_tokens=_n(usage.get("input_tokens")) + cache_read + cache_write,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=_n(usage.get("output_tokens")),
+    )
+
+
+def gemini_usage(metadata: Mapping[str, Any]) -> TokenCounts:
+    """Gemini `usageMetadata`: prompt includes cached content; thoughts are billed as output."""
+    thoughts = _n(metadata.get("thoughtsTokenCount"))
+    return TokenCounts(
+        input_tokens=_n(metadata.get("promptTokenCount")) + _n(metadata.get("toolUsePromptTokenCount")),
+        cached_input_tokens=_n(metadata.get("cachedContentTokenCount")),
+        output_tokens=_n(metadata.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def bedrock_usage(usage: Mapping[str, Any]) -> TokenCounts:
+    """Converse `usage`: inputTokens excludes cache reads and writes, so they are added back."""
+    cache_read = _n(usage.get("cacheReadInputTokens"))
+    cache_write = _n(usage.get("cacheWriteInputTokens"))
+    return TokenCounts(
+        input_tokens=_n(usage.get("inputTokens")) + cache_read + cache_write,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=_n(usage.get("outputTokens")),
+    )
+
+
+def bedrock_invocation_metrics(metrics: Mapping[str, Any]) -> TokenCounts:
+    """`amazon-bedrock-invocationMetrics` of InvokeModelWithResponseStream's last chunk."""
+    cache_read = _n(metrics.get("cacheReadInputTokenCount"))
+    cache_write = _n(metrics.get("cacheWriteInputTokenCount"))
+    return TokenCounts(
+        input_tokens=_n(metrics.get("inputTokenCount")) + cache_read + cache_write,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=_n(metrics.get("outputTokenCount")),
+    )
+
+
+def usage_from_bedrock_headers(headers: Mapping[str, str]) -> TokenCounts | None:
+    """InvokeModel reports usage in `X-Amzn-Bedrock-{Input,Output}-Token-Count` (+ cache) headers.
+
+    `headers` must look names up case-insensitively (aiohttp's CIMultiDict does)."""
+    inputs = headers.get("X-Amzn-Bedrock-Input-Token-Count")
+    outputs = headers.get("X-Amzn-Bedrock-Output-Token-Count")
+    if inputs is None and outputs is None:
+        return None
+
+    def number(name: str) -> int:
+        value = headers.get(name)
+        return int(value) if value is not None and value.strip().isdigit() else 0
+
+    cache_read = number("X-Amzn-Bedrock-Cache-Read-Input-Token-Count")
+    cache_write = number("X-Amzn-Bedrock-Cache-Write-Input-Token-Count")
+    return TokenCounts(
+        input_tokens=number("X-Amzn-Bedrock-Input-Token-Count") + cache_read + cache_write,
+        cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        output_tokens=number("X-Amzn-Bedrock-Output-Token-Count"),
+    )
+
+
+def _bedrock_invoke_usage(payload: Mapping[str, Any]) -> TokenCounts | None:
+    metrics = payload.get("amazon-bedrock-invocationMetrics")
+    if isinstance(metrics, Mapping):
+        return bedrock_invocation_metrics(metrics)
+    usage = payload.get("usage")
+    if isinstance(usage, Mapping):
+        if "inputTokens" in usage or "outputTokens" in usage:  # Nova
+            return bedrock_usage(usage)
+        return anthropic_usage(usage)  # Claude
+    if "prompt_token_count" in payload or "generation_token_count" in payload:  # Llama
+        return TokenCounts(
+            input_tokens=_n(payload.get("prompt_token_count")),
+            output_tokens=_n(payload.get("generation_token_count")),
+        )
+    if "inputTextTokenCount" in payload:  # Titan
+        results = payload.get("results")
+        output = (
+            sum(_n(r.get("tokenCount")) for r in results if isinstance(r, Mapping))
+            if isinstance(results, list)
+            else 0
+        )
+        return TokenCounts(input_tokens=_n(payload.get("inputTextTokenCount")), output_tokens=output)
+    return None
+
+
+def usage_from_json(api: ApiFormat, payload: Mapping[str, Any]) -> TokenCounts | None:
+    """Provider-reported usage of a non-streamed response body, or None when it carries none.
+
+    For Bedrock InvokeModel prefer `usage_from_bedrock_headers` (every model family sets them)."""
+    if api in ("openai-chat", "openai-completions", "openai-embeddings"):
+        usage = payload.get("usage")
+        return openai_usage(usage) if isinstance(usage, Mapping) else None
+    if api == "openai-responses":
+        usage = payload.get("usage")
+        if not isinstance(usage, Mapping):
+            # A streaming event (response.completed, ...) wraps the response object.
+            usage = _get(payload, "response", "usage")
+        return openai_responses_usage(usage) if isinstance(usage, Mapping) else None
+    if api == "anthropic-messages":
+        usage = payload.get("usage")
+        return anthropic_usage(usage) if isinstance(usage, Mapping) else None
+    if api == "gemini":
+        metadata = payload.get("usageMetadata")
+        return gemini_usage(metadata) if isinstance(metadata, Mapping) else None
+    if api == "bedrock-converse":
+        usage = payload.get("usage")
+        return bedrock_usage(usage) if isinstance(usage, Mapping) else None
+    if api == "bedrock-invoke":
+        return _bedrock_invoke_usage(payload)
+    return None
