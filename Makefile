@@ -36,6 +36,7 @@ integration: setup
 
 crds: $(STAMP)
 	$(PY) -m llmkeys_operator.cli crds --out crds
+	rm -f charts/llmkeys/files/crds/*.yaml && cp crds/*.yaml charts/llmkeys/files/crds/
 
 e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e -q -m e2e

@@ -1,0 +1,623 @@
+"""Chart tests: charts/llmkeys rendered and linted by Helm's own Go SDK, manifests checked against the
+Kubernetes JSON schemas, and the chart's security properties and switches asserted.
+
+Helm runs in-process through the helm-python-sdk wheel (libhelm_c, no helm binary); the schemas come
+from the kubernetes-validate package (offline).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "charts" / "llmkeys"
+RELEASE = "llmkeys"
+NAMESPACE = "llmkeys-system"
+# The chart's lowest supported Kubernetes (Chart.yaml kubeVersion) and the newest schemas shipped.
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+
+# Every env var the binaries read (DESIGN: runtime settings); the chart may set no other LLMKEYS_ name.
+PROXY_ENV = {
+    "LLMKEYS_HOST",
+    "LLMKEYS_PORT",
+    "LLMKEYS_WORKERS",
+    "LLMKEYS_CONFIG_SOURCE",
+    "LLMKEYS_CONFIG_DIR",
+    "LLMKEYS_NAMESPACE",
+    "LLMKEYS_REDIS_URL",
+    "LLMKEYS_REDIS_PASSWORD",
+    "LLMKEYS_LOG_LEVEL",
+    "LLMKEYS_UPSTREAM_TIMEOUT_S",
+    "LLMKEYS_MAX_BODY_BYTES",
+}
+OPERATOR_ENV = {
+    "LLMKEYS_NAMESPACE",
+    "LLMKEYS_WATCH_NAMESPACES",
+    "LLMKEYS_PROXY_URL",
+    "LLMKEYS_REDIS_URL",
+    "LLMKEYS_REDIS_PASSWORD",
+    "LLMKEYS_USAGE_SYNC_INTERVAL_S",
+    "LLMKEYS_LIVENESS_PORT",
+    "LLMKEYS_LOG_LEVEL",
+    "LLMKEYS_PEERING_NAME",
+}
+
+# Everything switched on at once: the widest set of manifests the chart can produce.
+ALL_ON: dict[str, Any] = {
+    "operator": {"replicas": 2, "peering": {"enabled": True}},
+    "proxy": {
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 6},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    },
+    "redis": {"persistence": {"enabled": True, "storageClass": "fast"}},
+    "networkPolicy": {
+        "enabled": True,
+        "proxyIngressFrom": [{"namespaceSelector": {"matchLabels": {"llmkeys.io/clients": "true"}}}],
+        "metricsIngressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]}],
+    },
+    "imagePullSecrets": [{"name": "regcred"}],
+    "commonLabels": {"team": "platform"},
+}
+
+SAMPLE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "samples.llmkeys.io"},
+    "spec": {
+        "group": "llmkeys.io",
+        "scope": "Namespaced",
+        "names": {"kind": "Sample", "plural": "samples", "singular": "sample", "shortNames": ["smp"]},
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "x-kubernetes-validations": [
+                                    {"rule": "self.max >= self.min", "message": "max below min"}
+                                ],
+                                "properties": {
+                                    "min": {"type": "integer", "minimum": 0, "maximum": 1000000000},
+                                    "max": {"type": "integer", "minimum": 0, "maximum": 1000000000},
+                                    "note": {"type": "string", "maxLength": 32768},
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every manifest the chart renders for `values`, parsed, in a stable order."""
+    rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for path in sorted(rendered):
+        if not path.endswith(".yaml"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(rendered[path]) if doc)
+    return docs
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def container(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = one(docs, "Deployment", deployment)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(docs: list[dict[str, Any]], deployment: str) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(docs, deployment).get("env", [])}
+
+
+def rules_for_service_account(docs: list[dict[str, Any]], service_account: str) -> list[dict[str, Any]]:
+    """Every RBAC rule bound to a ServiceAccount, tagged with the scope it applies in."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
+    granted: list[dict[str, Any]] = []
+    for binding in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
+        if not any(
+            s["kind"] == "ServiceAccount" and s["name"] == service_account for s in binding["subjects"]
+        ):
+            continue
+        ref = binding["roleRef"]
+        role_ns = None if ref["kind"] == "ClusterRole" else binding["metadata"]["namespace"]
+        role = roles[(ref["kind"], role_ns, ref["name"])]
+        scope = "cluster" if binding["kind"] == "ClusterRoleBinding" else binding["metadata"]["namespace"]
+        granted.extend({**rule, "scope": scope} for rule in role["rules"])
+    return granted
+
+
+# --------------------------------------------------------------------------------------- Helm itself
+
+
+def test_helm_lint_is_clean_in_strict_mode() -> None:
+    for values in ({}, ALL_ON):
+        report = helm.lint(CHART_DIR, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+        assert report["errors"] == []
+        # Severity 1 is informational (e.g. "icon is recommended"); warnings and errors fail.
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas(chart: helm.Chart) -> None:
+    external = {"redis": {"external": {"url": "rediss://redis.example:6380/0"}}}
+    namespaced = {"operator": {"watchNamespaces": ["team-a", "team-b"]}}
+    kinds: set[str] = set()
+    for values in ({}, ALL_ON, external, namespaced):
+        for doc in render(chart, values):
+            kinds.add(doc["kind"])
+            if doc["apiVersion"].startswith(("monitoring.coreos.com/", "kopf.dev/")):
+                continue  # custom kinds: no upstream schema
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(doc, version, strict=True)
+    assert {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "PersistentVolumeClaim",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "ClusterKopfPeering",
+    } <= kinds
+
+
+def test_the_schema_check_would_catch_a_bad_manifest() -> None:
+    # Guards the test above: the offline schemas really reject an unknown field.
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"prots": []}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="prots"):
+        kubernetes_validate.validate(bad, KUBE_VERSIONS[0], strict=True)
+
+
+def test_values_schema_accepts_the_defaults_and_rejects_bad_values(chart: helm.Chart) -> None:
+    jsonschema.Draft7Validator.check_schema(chart.schema)
+    chart.validate_schema(chart.values)
+    chart.validate_schema(ALL_ON)
+    bad_values: list[tuple[dict[str, Any], str]] = [
+        ({"proxy": {"replicas": "two"}}, "/proxy/replicas"),
+        ({"proxy": {"replica": 2}}, "replica"),
+        ({"logLevel": "LOUD"}, "/logLevel"),
+        ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
+        ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "/operator/watchNamespaces"),
+        ({"crds": {"keep": "yes"}}, "/crds/keep"),
+    ]
+    for values, where in bad_values:
+        with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
+            chart.validate_schema(values)
+    # An install renders nothing from values the schema rejects.
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"proxy": {"workers": 0}})
+
+
+def test_every_value_is_documented_in_values_yaml() -> None:
+    """Each value has a `# --` comment; a documented block's children count as documented."""
+    undocumented: list[str] = []
+    documented_indent: int | None = None
+    pending_doc = False
+    stack: list[tuple[int, str]] = []
+    for line in (CHART_DIR / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("# --"):
+            pending_doc = True
+            continue
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):(.*)$", line)
+        if not match:
+            continue
+        if documented_indent is not None and indent > documented_indent:
+            continue  # inside a documented value
+        documented_indent = None
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key, rest = match.group(2), match.group(3).split("#")[0].strip()
+        path = ".".join([name for _, name in stack] + [key])
+        if pending_doc:
+            documented_indent = indent
+        elif rest:
+            undocumented.append(path)
+        pending_doc = False
+        stack.append((indent, key))
+    assert undocumented == []
+
+
+# ------------------------------------------------------------------------------------ pod security
+
+
+def test_every_pod_runs_non_root_read_only_without_capabilities(chart: helm.Chart) -> None:
+    for values in ({}, ALL_ON):
+        deployments = find(render(chart, values), "Deployment")
+        assert {d["metadata"]["name"] for d in deployments} == {
+            f"{RELEASE}-operator",
+            f"{RELEASE}-proxy",
+            f"{RELEASE}-redis",
+        }
+        for deployment in deployments:
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] > 0
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+            assert all("hostPath" not in volume for volume in pod.get("volumes", []))
+            for each in pod["containers"] + pod.get("initContainers", []):
+                ctx = each["securityContext"]
+                assert ctx["readOnlyRootFilesystem"] is True
+                assert ctx["allowPrivilegeEscalation"] is False
+                assert ctx["capabilities"] == {"drop": ["ALL"]}
+                assert not ctx.get("privileged")
+                assert each["resources"]["requests"] and each["resources"]["limits"]["memory"]
+
+
+def test_redis_pod_has_no_service_account_token_and_proxy_has_probes(chart: helm.Chart) -> None:
+    docs = render(chart)
+    redis_pod = one(docs, "Deployment", f"{RELEASE}-redis")["spec"]["template"]["spec"]
+    assert redis_pod["automountServiceAccountToken"] is False
+    proxy = container(docs, f"{RELEASE}-proxy")
+    assert proxy["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    service = one(docs, "Service", f"{RELEASE}-proxy")
+    assert service["spec"]["ports"][0]["port"] == 8080
+    assert (
+        service["spec"]["selector"]
+        == one(docs, "Deployment", f"{RELEASE}-proxy")["spec"]["selector"]["matchLabels"]
+    )
+
+
+# -------------------------------------------------------------------------------------------- RBAC
+
+
+def test_proxy_may_only_read_secrets_in_its_own_namespace(chart: helm.Chart) -> None:
+    for values in ({}, ALL_ON, {"operator": {"watchNamespaces": ["team-a"]}}):
+        docs = render(chart, values)
+        rules = rules_for_service_account(docs, f"{RELEASE}-proxy")
+        assert rules == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "list", "watch"],
+                "scope": NAMESPACE,
+            }
+        ]
+        assert all(
+            s["name"] != f"{RELEASE}-proxy" for b in find(docs, "ClusterRoleBinding") for s in b["subjects"]
+        )
+
+
+def test_operator_gets_no_more_than_it_needs(chart: helm.Chart) -> None:
+    allowed: dict[tuple[str, str], set[str]] = {
+        ("", "secrets"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+        ("", "namespaces"): {"get", "list", "watch"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+        ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+        ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        ("llmkeys.io", "virtualkeys/finalizers"): {"update"},
+    }
+    for resource in ("virtualkeys", "providercredentials", "llmpolicies"):
+        allowed[("llmkeys.io", resource)] = {"get", "list", "watch", "patch", "update"}
+        allowed[("llmkeys.io", f"{resource}/status")] = {"get", "patch", "update"}
+
+    rules = rules_for_service_account(render(chart), f"{RELEASE}-operator")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    for (group, resource), verbs in granted.items():
+        assert "*" not in verbs and group != "*" and resource != "*"
+        assert verbs <= allowed.get((group, resource), set()), f"{group}/{resource}: {sorted(verbs)}"
+    # What it needs is there: key Secrets in workload namespaces, status of its resources.
+    assert granted[("", "secrets")] == allowed[("", "secrets")]
+    assert {"patch"} <= granted[("llmkeys.io", "virtualkeys/status")]
+    # Never anything that escalates: RBAC objects, pods, service accounts, tokens.
+    assert not {r for _, r in granted} & {"roles", "clusterroles", "rolebindings", "pods", "serviceaccounts"}
+
+
+def test_operator_with_watch_namespaces_gets_secret_access_only_there(chart: helm.Chart) -> None:
+    docs = render(chart, {"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+    rules = rules_for_service_account(docs, f"{RELEASE}-operator")
+    secret_scopes = {r["scope"] for r in rules if "secrets" in r["resources"]}
+    assert secret_scopes == {"team-a", "team-b", NAMESPACE}
+    cluster_resources = {res for r in rules if r["scope"] == "cluster" for res in r["resources"]}
+    assert "secrets" not in cluster_resources and "virtualkeys" not in cluster_resources
+    assert "llmpolicies" in cluster_resources  # cluster-scoped kind
+    assert env_of(docs, f"{RELEASE}-operator")["LLMKEYS_WATCH_NAMESPACES"]["value"] == "team-a,team-b"
+
+
+# ------------------------------------------------------------------------------------ env contract
+
+
+def test_components_get_exactly_the_settings_the_binaries_read(chart: helm.Chart) -> None:
+    docs = render(chart)
+    proxy_env = env_of(docs, f"{RELEASE}-proxy")
+    operator_env = env_of(docs, f"{RELEASE}-operator")
+    assert {n for n in proxy_env if n.startswith("LLMKEYS_")} <= PROXY_ENV
+    assert {n for n in operator_env if n.startswith("LLMKEYS_")} <= OPERATOR_ENV
+    assert container(docs, f"{RELEASE}-proxy")["args"] == ["proxy"]
+    assert container(docs, f"{RELEASE}-operator")["args"] == ["operator"]
+    assert proxy_env["LLMKEYS_CONFIG_SOURCE"]["value"] == "kubernetes"
+    assert proxy_env["LLMKEYS_PORT"]["value"] == "8080"
+    assert proxy_env["LLMKEYS_NAMESPACE"]["value"] == NAMESPACE
+    assert operator_env["LLMKEYS_NAMESPACE"]["value"] == NAMESPACE
+    assert operator_env["LLMKEYS_PROXY_URL"]["value"] == f"http://{RELEASE}-proxy.{NAMESPACE}.svc:8080"
+    assert operator_env["LLMKEYS_LIVENESS_PORT"]["value"] == "8081"
+    assert "LLMKEYS_PEERING_NAME" not in operator_env
+    custom = env_of(
+        render(chart, {"operator": {"proxyURL": "https://llm.example.com"}}), f"{RELEASE}-operator"
+    )
+    assert custom["LLMKEYS_PROXY_URL"]["value"] == "https://llm.example.com"
+
+
+# ------------------------------------------------------------------------------------------- Redis
+
+
+def test_bundled_redis_is_the_default_and_needs_a_password(chart: helm.Chart) -> None:
+    docs = render(chart)
+    one(docs, "Service", f"{RELEASE}-redis")
+    secret = one(docs, "Secret", f"{RELEASE}-redis")
+    assert len(secret["data"]["redis-password"]) >= 40
+    redis = container(docs, f"{RELEASE}-redis")
+    assert "--requirepass" in redis["args"]
+    assert "noeviction" in redis["args"]
+    for deployment in (f"{RELEASE}-proxy", f"{RELEASE}-operator"):
+        env = env_of(docs, deployment)
+        assert env["LLMKEYS_REDIS_URL"]["value"] == f"redis://{RELEASE}-redis.{NAMESPACE}.svc:6379/0"
+        assert env["LLMKEYS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{RELEASE}-redis",
+            "key": "redis-password",
+        }
+    # A user-provided password Secret replaces the generated one.
+    docs = render(chart, {"redis": {"auth": {"existingSecret": "my-redis"}}})
+    assert find(docs, "Secret") == []
+    env = env_of(docs, f"{RELEASE}-proxy")
+    assert env["LLMKEYS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-redis"
+
+
+def test_external_redis_turns_the_bundled_one_off_and_supports_tls_and_auth(chart: helm.Chart) -> None:
+    values = {
+        "redis": {
+            "external": {
+                "url": "rediss://redis.example:6380/0",
+                "passwordSecret": {"name": "redis-auth", "key": "pw"},
+                "tls": {"caSecret": {"name": "redis-ca", "key": "ca.pem"}},
+            }
+        }
+    }
+    docs = render(chart, values)
+    assert not [d for d in docs if d["metadata"]["name"].startswith(f"{RELEASE}-redis")]
+    for deployment in (f"{RELEASE}-proxy", f"{RELEASE}-operator"):
+        env = env_of(docs, deployment)
+        assert (
+            env["LLMKEYS_REDIS_URL"]["value"]
+            == "rediss://redis.example:6380/0?ssl_ca_certs=/etc/llmkeys/redis-ca/ca.crt"
+        )
+        assert env["LLMKEYS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "redis-auth",
+            "key": "pw",
+        }
+        pod = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+        ca = next(v for v in pod["volumes"] if v["name"] == "redis-ca")
+        assert ca["secret"] == {"secretName": "redis-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "redis-ca")
+        assert mount == {"name": "redis-ca", "mountPath": "/etc/llmkeys/redis-ca", "readOnly": True}
+
+    # A URL carrying credentials comes from a Secret and never appears in the manifests.
+    docs = render(chart, {"redis": {"external": {"urlSecret": {"name": "redis-url", "key": "url"}}}})
+    env = env_of(docs, f"{RELEASE}-proxy")
+    assert env["LLMKEYS_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
+    assert "LLMKEYS_REDIS_PASSWORD" not in env
+    assert find(docs, "Deployment", f"{RELEASE}-redis") == []
+
+
+def test_without_redis_only_one_proxy_replica_is_allowed(chart: helm.Chart) -> None:
+    docs = render(chart, {"redis": {"enabled": False}, "proxy": {"replicas": 1}})
+    assert env_of(docs, f"{RELEASE}-proxy")["LLMKEYS_REDIS_URL"]["value"] == ""
+    assert "LLMKEYS_REDIS_PASSWORD" not in env_of(docs, f"{RELEASE}-proxy")
+    with pytest.raises(helm.HelmRenderError, match="needs Redis"):
+        render(chart, {"redis": {"enabled": False}})  # default: 2 replicas
+    with pytest.raises(helm.HelmRenderError, match="needs Redis"):
+        render(
+            chart, {"redis": {"enabled": False}, "proxy": {"replicas": 1, "autoscaling": {"enabled": True}}}
+        )
+
+
+# ---------------------------------------------------------------------------------------- switches
+
+
+def test_network_policies_are_opt_in_and_fence_redis(chart: helm.Chart) -> None:
+    assert find(render(chart), "NetworkPolicy") == []
+    docs = render(chart, {"networkPolicy": {"enabled": True}})
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(docs, "NetworkPolicy")}
+    assert set(policies) == {f"{RELEASE}-proxy", f"{RELEASE}-operator", f"{RELEASE}-redis"}
+    # Egress unrestricted unless rules are given.
+    assert policies[f"{RELEASE}-proxy"]["policyTypes"] == ["Ingress"]
+    assert policies[f"{RELEASE}-proxy"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    redis = policies[f"{RELEASE}-redis"]
+    assert redis["egress"] == []
+    sources = [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for peer in redis["ingress"][0]["from"]
+    ]
+    assert sorted(sources) == ["operator", "proxy"]
+
+    docs = render(chart, ALL_ON)
+    proxy = one(docs, "NetworkPolicy", f"{RELEASE}-proxy")["spec"]
+    assert proxy["policyTypes"] == ["Ingress", "Egress"]
+    assert proxy["ingress"][0]["from"] == (
+        ALL_ON["networkPolicy"]["proxyIngressFrom"] + ALL_ON["networkPolicy"]["metricsIngressFrom"]
+    )
+    assert proxy["egress"][-1] == ALL_ON["networkPolicy"]["egress"][0]
+    assert any(port["port"] == 53 for rule in proxy["egress"] for port in rule.get("ports", []))
+    assert any("to" in r and "podSelector" in r["to"][0] for r in proxy["egress"])  # bundled Redis
+
+
+def test_pod_disruption_budgets_only_where_more_than_one_replica_runs(chart: helm.Chart) -> None:
+    def names(values: dict[str, Any]) -> set[str]:
+        return {p["metadata"]["name"] for p in find(render(chart, values), "PodDisruptionBudget")}
+
+    assert names({}) == {f"{RELEASE}-proxy"}  # proxy: 2 replicas, operator: 1
+    assert names({"proxy": {"replicas": 1}}) == set()
+    assert names({"proxy": {"podDisruptionBudget": {"enabled": False}}}) == set()
+    assert names({"proxy": {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 2}}}) == {
+        f"{RELEASE}-proxy"
+    }
+    assert names(ALL_ON) == {f"{RELEASE}-proxy", f"{RELEASE}-operator"}
+
+
+def test_hpa_is_opt_in_and_takes_over_the_replica_count(chart: helm.Chart) -> None:
+    docs = render(chart)
+    assert find(docs, "HorizontalPodAutoscaler") == []
+    assert one(docs, "Deployment", f"{RELEASE}-proxy")["spec"]["replicas"] == 2
+    docs = render(chart, ALL_ON)
+    hpa = one(docs, "HorizontalPodAutoscaler", f"{RELEASE}-proxy")["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{RELEASE}-proxy",
+    }
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 6)
+    assert "replicas" not in one(docs, "Deployment", f"{RELEASE}-proxy")["spec"]
+
+
+def test_service_monitor_is_opt_in(chart: helm.Chart) -> None:
+    assert find(render(chart), "ServiceMonitor") == []
+    monitor = one(render(chart, ALL_ON), "ServiceMonitor", f"{RELEASE}-proxy")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_operator_replicas_need_peering(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"peering\.enabled"):
+        render(chart, {"operator": {"replicas": 2}})
+    docs = render(chart, ALL_ON)
+    assert env_of(docs, f"{RELEASE}-operator")["LLMKEYS_PEERING_NAME"]["value"] == "llmkeys"
+    one(docs, "ClusterKopfPeering", "llmkeys")
+    docs = render(chart, {"operator": {"peering": {"enabled": True}, "watchNamespaces": ["team-a"]}})
+    assert {p["metadata"]["namespace"] for p in find(docs, "KopfPeering")} == {"team-a", NAMESPACE}
+    assert {c["name"] for c in chart.crds} == {"crds/kopf-peering.yaml"}
+
+
+def test_names_follow_fullname_override_and_stay_short(chart: helm.Chart) -> None:
+    docs = render(chart, {"fullnameOverride": "gw"})
+    assert {d["metadata"]["name"] for d in find(docs, "Deployment")} == {
+        "gw-operator",
+        "gw-proxy",
+        "gw-redis",
+    }
+    long_release = chart.render({}, name="a" * 53, namespace=NAMESPACE)
+    for path, manifest in long_release.items():
+        for doc in yaml.safe_load_all(manifest) if path.endswith(".yaml") else ():
+            if doc and doc["kind"] in {"Deployment", "Service"}:
+                assert len(doc["metadata"]["name"]) <= 63
+
+
+# -------------------------------------------------------------------------------------------- CRDs
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    """charts/llmkeys/files/crds must equal crds/*.yaml (`make crds` refreshes both)."""
+    generated = {p.name: p.read_bytes() for p in sorted((REPO / "crds").glob("*.yaml"))}
+    shipped = {p.name: p.read_bytes() for p in sorted((CHART_DIR / "files" / "crds").glob("*.yaml"))}
+    assert shipped.keys() == generated.keys(), "run `make crds` to copy crds/*.yaml into the chart"
+    for name, content in generated.items():
+        assert shipped[name] == content, f"charts/llmkeys/files/crds/{name} differs: run `make crds`"
+
+
+def test_rendered_crds_equal_the_generated_ones_plus_labels(chart: helm.Chart) -> None:
+    sources = {}
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                sources[doc["metadata"]["name"]] = doc
+    rendered = {d["metadata"]["name"]: d for d in find(render(chart), "CustomResourceDefinition")}
+    assert rendered.keys() == sources.keys()
+    for name, source in sources.items():
+        assert strip_chart_metadata(rendered[name]) == source
+
+
+def strip_chart_metadata(crd: dict[str, Any]) -> dict[str, Any]:
+    """The CRD without what the chart adds (labels, the keep annotation)."""
+    crd = json.loads(json.dumps(crd))
+    metadata = crd["metadata"]
+    for key in ("labels", "annotations"):
+        added = metadata.get(key, {})
+        for name in [n for n in added if n.startswith(("app.kubernetes.io/", "helm.sh/"))]:
+            del added[name]
+        if not added:
+            metadata.pop(key, None)
+    return crd
+
+
+@pytest.fixture
+def chart_with_sample_crd(tmp_path: pathlib.Path) -> Iterator[helm.Chart]:
+    """A copy of the chart whose files/crds holds one known CRD (independent of crds/ contents)."""
+    copy = tmp_path / "llmkeys"
+    shutil.copytree(CHART_DIR, copy)
+    for stale in (copy / "files" / "crds").glob("*.yaml"):
+        stale.unlink()
+    (copy / "files" / "crds" / "llmkeys.io_samples.yaml").write_text(
+        yaml.safe_dump(SAMPLE_CRD, sort_keys=False)
+    )
+    with helm.Chart.load(copy) as loaded:
+        yield loaded
+
+
+def test_crd_switches_install_keep_and_skip(chart_with_sample_crd: helm.Chart) -> None:
+    chart = chart_with_sample_crd
+    crd = one(render(chart), "CustomResourceDefinition", "samples.llmkeys.io")
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/component"] == "crds"
+    # Numbers survive the template round trip exactly (no float formatting like 1e+09).
+    assert strip_chart_metadata(crd) == SAMPLE_CRD
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(crd, version, strict=True)
+
+    crd = one(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition", "samples.llmkeys.io")
+    assert "annotations" not in crd["metadata"]
+    assert find(render(chart, {"crds": {"enabled": False}}), "CustomResourceDefinition") == []
