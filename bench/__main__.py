@@ -205,6 +205,23 @@ def main(argv: list[str] | None = None) -> int:
             if group:
                 log("direct to the fake upstream")
                 runner.run_group(group, base_url=upstream_url, api_key=scenarios.UPSTREAM_API_KEY, proxy=None)
+            group = runner.selected("floor")
+            if group:
+                log("bare aiohttp pass-through (the floor)")
+                try:
+                    floor, floor_url = scenarios.start_floor(
+                        upstream_url=upstream_url,
+                        api_key=bench_keys.unlimited,
+                        log_dir=log_dir,
+                        cpus=layout.proxy_cpus,
+                    )
+                except Exception as exc:
+                    runner.fail(group, f"floor proxy: {type(exc).__name__}: {exc}")
+                else:
+                    try:
+                        runner.run_group(group, base_url=floor_url, api_key=bench_keys.unlimited, proxy=floor)
+                    finally:
+                        floor.stop()
             config_dir = work / "config"
             config_error = None
             try:

@@ -23,7 +23,7 @@ from typing import Literal
 from bench import loadgen, processes, stats
 from llmkeys_proxy import config, keys
 
-Target = Literal["direct", "proxy", "proxy-redis"]
+Target = Literal["direct", "floor", "proxy", "proxy-redis"]
 
 UPSTREAM_API_KEY = "sk-upstream-bench-0123456789"
 BENCH_MODEL = "gpt-bench"
@@ -47,6 +47,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("direct", "fake upstream directly, 32 conns (the limit)", "direct", 32, False),
     Scenario("direct-stream", "fake upstream directly, SSE, 32 conns", "direct", 32, True),
     Scenario("direct-1c", "fake upstream directly, 1 conn", "direct", 1, False),
+    Scenario("floor", "bare aiohttp pass-through, static key (the floor)", "floor", 32, False, "direct"),
+    Scenario("floor-1c", "bare aiohttp pass-through, 1 conn", "floor", 1, False, "direct-1c"),
     Scenario("proxy", "proxy, no limits, in-process limiter, 32 conns", "proxy", 32, False, "direct"),
     Scenario("proxy-stream", "proxy, no limits, SSE, 32 conns", "proxy", 32, True, "direct-stream"),
     Scenario("proxy-1c", "proxy, no limits, 1 conn", "proxy", 1, False, "direct-1c"),
@@ -226,6 +228,23 @@ def start_proxy(
         raise
     rss = [processes.rss_bytes(pid) / 2**20 for pid in managed.workers()]
     return managed, base_url, ProxyStart(label, workers, ready_s, rss)
+
+
+def start_floor(
+    *, upstream_url: str, api_key: str, log_dir: pathlib.Path, cpus: set[int] | None
+) -> tuple[processes.ManagedProcess, str]:
+    """The bare aiohttp pass-through (bench.floor_proxy), pinned like the proxy."""
+    port = processes.free_port()
+    command = [sys.executable, "-m", "bench.floor_proxy", "--port", str(port), "--upstream", upstream_url]
+    command += ["--api-key", api_key, "--upstream-key", UPSTREAM_API_KEY]
+    managed = processes.start("floor", command, log_dir=log_dir, cpus=cpus)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        processes.wait_ready(f"{base_url}/readyz", managed)
+    except Exception:
+        managed.stop()
+        raise
+    return managed, base_url
 
 
 def _wait_for_workers(managed: processes.ManagedProcess, workers: int, timeout_s: float = 20.0) -> None:
