@@ -73,6 +73,10 @@ class Reservation:
     tokens: int
     micro_usd: int
     created_at: datetime
+    # Carried so that a settle landing on an emptied Redis re-seeds before it counts (never resets a budget).
+    month_usage_seed: config.UsageSeed | None = None
+    day_usage_seed: config.UsageSeed | None = None
+    pool_month_usage_seeds: tuple[config.UsageSeed | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,13 @@ class PeriodUsage:
     output_tokens: int = 0
     micro_usd: int = 0
     last_used_at: datetime | None = None
+    #: Tokens restored from a `UsageSeed` after the backend lost its counters (the seed has no
+    #: input/output split); they count against limits like any other tokens.
+    seeded_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.seeded_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,16 @@ class UsageSnapshot:
 
     day: PeriodUsage
     month: PeriodUsage
+
+
+@dataclass(frozen=True, slots=True)
+class SeedTarget:
+    """Last known usage of one key or pool, for `seed_usage` (re-seeds only absent counters)."""
+
+    scope_id: str  # key id, or pool id when `is_pool`
+    is_pool: bool = False
+    month: config.UsageSeed | None = None
+    day: config.UsageSeed | None = None
 
 
 class Limiter(abc.ABC):
@@ -145,6 +166,12 @@ class Limiter(abc.ABC):
         self, key_ids: list[str], pool_ids: list[str], now: datetime
     ) -> dict[str, UsageSnapshot]:
         """Usage of keys and pools for the current UTC day and month, in one pipelined call."""
+
+    @abc.abstractmethod
+    async def seed_usage(self, targets: list[SeedTarget], now: datetime) -> int:
+        """Write each seed whose period is current into counters that do not exist yet (a Redis
+        restarted empty); existing counters are left alone, so nothing is counted twice.
+        Returns how many counters were seeded. `reserve` and `settle` do the same lazily."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:

@@ -1,0 +1,359 @@
+"""In-process limiter backend for standalone mode (one proxy process); called like `limits.redis`.
+
+Same semantics as the Redis scripts, kept in plain dicts: every method runs to completion without
+awaiting, so on one event loop each call is atomic, and a request's key and pool checks happen
+together (no compensation step is needed here). State lives as long as the process; on start, the
+config's usage seeds restore month and day counters exactly as after a Redis loss.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from llmkeys_proxy import config
+from llmkeys_proxy.limits import base, decisions, periods
+
+_SETTLED_RECORD_MS = 60_000  # settled/refunded records stay this long so a retried call is a no-op
+
+
+@dataclass(slots=True)
+class _Counters:
+    requests: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    micro_usd: int = 0
+    seeded_tokens: int = 0
+    reserved_tokens: int = 0
+    reserved_micro_usd: int = 0
+    last_used_ms: int = 0
+    expires_ms: int = 0
+
+    @property
+    def held_tokens(self) -> int:
+        """Tokens counted against period caps: used, seeded and held by open reservations."""
+        return self.input_tokens + self.output_tokens + self.seeded_tokens + self.reserved_tokens
+
+    @property
+    def held_micro_usd(self) -> int:
+        return self.micro_usd + self.reserved_micro_usd
+
+
+@dataclass(slots=True)
+class _Record:
+    tokens: int
+    micro_usd: int
+    day: str
+    month: str
+    open: bool
+
+
+@dataclass(slots=True)
+class _Scope:
+    """Everything of one key or one pool (what one hash tag holds in Redis)."""
+
+    window: list[tuple[int, str]] = field(default_factory=list)  # (admitted ms, id), sorted
+    window_tokens: dict[str, int] = field(default_factory=dict)
+    window_sum: int = 0
+    counters: dict[str, _Counters] = field(default_factory=dict)  # by period id
+    records: dict[str, _Record] = field(default_factory=dict)
+    expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expires ms, id)
+
+    def counter(self, period: str, now_ms: int) -> _Counters | None:
+        counters = self.counters.get(period)
+        if counters is not None and counters.expires_ms <= now_ms:
+            del self.counters[period]
+            return None
+        return counters
+
+    def touch(self, period: str, now_ms: int, ttl_s: int) -> _Counters:
+        """The period's counters, created when absent; their life extends like EXPIRE on write."""
+        counters = self.counter(period, now_ms)
+        if counters is None:
+            # A new period begins: forget periods past their life, as Redis expiry would.
+            for stale in [p for p, c in self.counters.items() if c.expires_ms <= now_ms]:
+                del self.counters[stale]
+            counters = self.counters[period] = _Counters()
+        counters.expires_ms = now_ms + ttl_s * 1000
+        return counters
+
+    def seed_if_absent(self, period: str, seed: config.UsageSeed | None, now_ms: int, ttl_s: int) -> int:
+        if seed is None or seed.period != period or self.counter(period, now_ms) is not None:
+            return 0
+        counters = self.touch(period, now_ms, ttl_s)
+        counters.requests, counters.seeded_tokens, counters.micro_usd = (
+            seed.requests,
+            seed.tokens,
+            seed.micro_usd,
+        )
+        return 1
+
+    def unreserve(self, record: _Record, now_ms: int) -> None:
+        for period in (record.day, record.month):
+            counters = self.counter(period, now_ms)
+            if counters is not None:
+                counters.reserved_tokens -= record.tokens
+                counters.reserved_micro_usd -= record.micro_usd
+
+    def sweep(self, now_ms: int) -> None:
+        """Release reservations nobody settled (crashed caller), forget old settled records."""
+        while self.expiries and self.expiries[0][0] <= now_ms:
+            _, reservation_id = heapq.heappop(self.expiries)
+            record = self.records.pop(reservation_id, None)
+            if record is not None and record.open:
+                self.unreserve(record, now_ms)
+
+    def close_record(self, reservation_id: str, day: str, month: str, now_ms: int) -> None:
+        self.records[reservation_id] = _Record(0, 0, day, month, open=False)
+        heapq.heappush(self.expiries, (now_ms + _SETTLED_RECORD_MS, reservation_id))
+
+    def prune_window(self, now_ms: int) -> None:
+        cut = bisect.bisect_right(self.window, (now_ms - periods.WINDOW_MS, "\U0010ffff"))
+        for _, reservation_id in self.window[:cut]:
+            self.window_sum -= self.window_tokens.pop(reservation_id, 0)
+        del self.window[:cut]
+
+    def reset_ms(self, now_ms: int) -> int:
+        return self.window[0][0] + periods.WINDOW_MS - now_ms if self.window else 0
+
+    def tokens_retry_ms(self, need: int, now_ms: int) -> int:
+        freed = 0
+        for admitted_ms, reservation_id in self.window:
+            freed += self.window_tokens.get(reservation_id, 0)
+            if freed >= need:
+                return admitted_ms + periods.WINDOW_MS - now_ms
+        return periods.WINDOW_MS
+
+
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    micro_usd_per_month: int | None = None
+
+
+class MemoryLimiter(base.Limiter):
+    """The standalone backend: exact, atomic, single process."""
+
+    def __init__(self, *, reservation_ttl_s: float = 900.0) -> None:
+        if reservation_ttl_s * 1000 <= periods.WINDOW_MS:
+            raise ValueError("reservation_ttl_s must exceed the 60 s window")
+        self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        self._scopes: dict[tuple[bool, str], _Scope] = {}
+        self._next_id = 0
+
+    def _scope(self, scope_id: str, *, is_pool: bool) -> _Scope:
+        scope = self._scopes.get((is_pool, scope_id))
+        if scope is None:
+            scope = self._scopes[(is_pool, scope_id)] = _Scope()
+        return scope
+
+    async def reserve(self, request: base.ReserveRequest) -> base.Decision:
+        now = periods.as_utc(request.now)
+        now_ms = periods.epoch_ms(now)
+        day, month = periods.day_id(now), periods.month_id(now)
+        day_ttl, month_ttl = periods.day_counter_ttl_s(now), periods.month_counter_ttl_s(now)
+        tokens = max(0, request.estimated_tokens)
+        micro_usd = max(0, request.estimated_micro_usd)
+        limits = request.limits
+
+        key_scope = self._scope(request.key_id, is_pool=False)
+        key_scope.sweep(now_ms)
+        key_scope.seed_if_absent(month, request.month_usage_seed, now_ms, month_ttl)
+        key_scope.seed_if_absent(day, request.day_usage_seed, now_ms, day_ttl)
+        key_caps = _Caps(
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.tokens_per_day,
+            limits.tokens_per_month,
+            limits.spend_per_month_micro_usd,
+        )
+        windowed = key_caps.requests_per_minute is not None or key_caps.tokens_per_minute is not None
+        if windowed:
+            key_scope.prune_window(now_ms)
+        rate = decisions.rate_state(
+            limits, len(key_scope.window), key_scope.window_sum, key_scope.reset_ms(now_ms)
+        )
+        reason, retry_ms = _check(key_scope, key_caps, tokens, micro_usd, day, month, now_ms)
+        if reason != decisions.ADMITTED:
+            return decisions.key_denial(limits, reason, retry_ms, rate)
+        for pool in request.pools:
+            pool_scope = self._scope(pool.pool_id, is_pool=True)
+            pool_scope.sweep(now_ms)
+            pool_scope.seed_if_absent(month, pool.month_usage_seed, now_ms, month_ttl)
+            pool_caps = _Caps(
+                tokens_per_month=pool.tokens_per_month, micro_usd_per_month=pool.spend_per_month_micro_usd
+            )
+            reason, _ = _check(pool_scope, pool_caps, tokens, micro_usd, day, month, now_ms)
+            if reason != decisions.ADMITTED:
+                return decisions.pool_denial(pool.pool_id, rate)
+
+        self._next_id += 1
+        reservation_id = f"m{self._next_id:x}"
+        scopes = [(key_scope, windowed)]
+        scopes += [(self._scope(pool.pool_id, is_pool=True), False) for pool in request.pools]
+        for scope, in_window in scopes:
+            if in_window:
+                bisect.insort(scope.window, (now_ms, reservation_id))
+                scope.window_tokens[reservation_id] = tokens
+                scope.window_sum += tokens
+            for period, ttl in ((day, day_ttl), (month, month_ttl)):
+                counters = scope.touch(period, now_ms, ttl)
+                counters.reserved_tokens += tokens
+                counters.reserved_micro_usd += micro_usd
+            scope.records[reservation_id] = _Record(tokens, micro_usd, day, month, open=True)
+            heapq.heappush(scope.expiries, (now_ms + self._reservation_ttl_ms, reservation_id))
+        if windowed:
+            rate = decisions.rate_state(
+                limits, len(key_scope.window), key_scope.window_sum, key_scope.reset_ms(now_ms)
+            )
+        return base.Decision(
+            allowed=True,
+            reservation=base.Reservation(
+                id=reservation_id,
+                key_id=request.key_id,
+                pool_ids=tuple(pool.pool_id for pool in request.pools),
+                tokens=tokens,
+                micro_usd=micro_usd,
+                created_at=now,
+                month_usage_seed=request.month_usage_seed,
+                day_usage_seed=request.day_usage_seed,
+                pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
+            ),
+            rate=rate,
+        )
+
+    async def settle(self, reservation: base.Reservation, usage: base.ActualUsage, now: datetime) -> None:
+        created = periods.as_utc(reservation.created_at)
+        day, month = periods.day_id(created), periods.month_id(created)
+        day_ttl, month_ttl = periods.day_counter_ttl_s(created), periods.month_counter_ttl_s(created)
+        now_ms = periods.epoch_ms(now)
+        pool_seeds = reservation.pool_month_usage_seeds or (None,) * len(reservation.pool_ids)
+        targets = [(self._scope(reservation.key_id, is_pool=False), reservation.month_usage_seed)]
+        targets += [
+            (self._scope(pool_id, is_pool=True), seed)
+            for pool_id, seed in zip(reservation.pool_ids, pool_seeds, strict=True)
+        ]
+        for index, (scope, month_seed) in enumerate(targets):
+            scope.sweep(now_ms)
+            scope.seed_if_absent(month, month_seed, now_ms, month_ttl)
+            if index == 0:
+                scope.seed_if_absent(day, reservation.day_usage_seed, now_ms, day_ttl)
+            record = scope.records.get(reservation.id)
+            if record is not None:
+                if not record.open:
+                    continue  # a retry: already settled or refunded
+                scope.unreserve(record, now_ms)
+            # No record: it expired (a very long request); the actual usage still counts.
+            scope.close_record(reservation.id, day, month, now_ms)
+            for period, ttl in ((day, day_ttl), (month, month_ttl)):
+                counters = scope.touch(period, now_ms, ttl)
+                counters.requests += 1
+                counters.input_tokens += max(0, usage.input_tokens)
+                counters.cached_input_tokens += max(0, usage.cached_input_tokens)
+                counters.output_tokens += max(0, usage.output_tokens)
+                counters.micro_usd += max(0, usage.micro_usd)
+                counters.last_used_ms = now_ms
+            old = scope.window_tokens.get(reservation.id)
+            if old is not None:
+                actual = max(0, usage.total_tokens)
+                scope.window_tokens[reservation.id] = actual
+                scope.window_sum += actual - old
+
+    async def refund(self, reservation: base.Reservation, now: datetime) -> None:
+        now_ms = periods.epoch_ms(now)
+        scopes = [self._scope(reservation.key_id, is_pool=False)]
+        scopes += [self._scope(pool_id, is_pool=True) for pool_id in reservation.pool_ids]
+        for scope in scopes:
+            scope.sweep(now_ms)
+            record = scope.records.get(reservation.id)
+            if record is None or not record.open:
+                continue
+            scope.unreserve(record, now_ms)
+            scope.close_record(reservation.id, record.day, record.month, now_ms)
+            # The request stays in the requests/min window (it went upstream); its tokens do not.
+            old = scope.window_tokens.get(reservation.id)
+            if old is not None:
+                scope.window_tokens[reservation.id] = 0
+                scope.window_sum -= old
+
+    async def read_usage(
+        self, key_ids: list[str], pool_ids: list[str], now: datetime
+    ) -> dict[str, base.UsageSnapshot]:
+        now_ms = periods.epoch_ms(now)
+        day, month = periods.day_id(now), periods.month_id(now)
+        scopes = [(key_id, self._scopes.get((False, key_id))) for key_id in key_ids]
+        scopes += [(pool_id, self._scopes.get((True, pool_id))) for pool_id in pool_ids]
+        return {
+            scope_id: base.UsageSnapshot(
+                day=_period_usage(day, None if scope is None else scope.counter(day, now_ms)),
+                month=_period_usage(month, None if scope is None else scope.counter(month, now_ms)),
+            )
+            for scope_id, scope in scopes
+        }
+
+    async def seed_usage(self, targets: list[base.SeedTarget], now: datetime) -> int:
+        now_ms = periods.epoch_ms(now)
+        day, month = periods.day_id(now), periods.month_id(now)
+        day_ttl, month_ttl = periods.day_counter_ttl_s(now), periods.month_counter_ttl_s(now)
+        seeded = 0
+        for target in targets:
+            scope = self._scope(target.scope_id, is_pool=target.is_pool)
+            seeded += scope.seed_if_absent(month, target.month, now_ms, month_ttl)
+            seeded += scope.seed_if_absent(day, target.day, now_ms, day_ttl)
+        return seeded
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._scopes.clear()
+
+
+def _check(
+    scope: _Scope, caps: _Caps, tokens: int, micro_usd: int, day: str, month: str, now_ms: int
+) -> tuple[int, int]:
+    """(reason, retry ms) as reserve.lua decides them; the window is already pruned."""
+    if caps.requests_per_minute is not None and len(scope.window) + 1 > caps.requests_per_minute:
+        if caps.requests_per_minute == 0:
+            return decisions.REQUESTS_PER_MINUTE, decisions.NO_RETRY
+        return decisions.REQUESTS_PER_MINUTE, scope.reset_ms(now_ms)
+    tpm = caps.tokens_per_minute
+    if tpm is not None and scope.window_sum + tokens > tpm:
+        if tokens > tpm:
+            return decisions.TOKENS_PER_MINUTE, decisions.NO_RETRY
+        return decisions.TOKENS_PER_MINUTE, scope.tokens_retry_ms(scope.window_sum + tokens - tpm, now_ms)
+    day_counters = scope.counter(day, now_ms)
+    month_counters = scope.counter(month, now_ms)
+    day_tokens = 0 if day_counters is None else day_counters.held_tokens
+    month_tokens = 0 if month_counters is None else month_counters.held_tokens
+    month_usd = 0 if month_counters is None else month_counters.held_micro_usd
+    if caps.tokens_per_day is not None and day_tokens + tokens > caps.tokens_per_day:
+        return decisions.TOKENS_PER_DAY, decisions.NO_RETRY
+    if caps.tokens_per_month is not None and month_tokens + tokens > caps.tokens_per_month:
+        return decisions.TOKENS_PER_MONTH, decisions.NO_RETRY
+    if caps.micro_usd_per_month is not None and month_usd + micro_usd > caps.micro_usd_per_month:
+        return decisions.SPEND_PER_MONTH, decisions.NO_RETRY
+    return decisions.ADMITTED, decisions.NO_RETRY
+
+
+def _period_usage(period: str, counters: _Counters | None) -> base.PeriodUsage:
+    if counters is None:
+        return base.PeriodUsage(period=period)
+    return base.PeriodUsage(
+        period=period,
+        requests=counters.requests,
+        input_tokens=counters.input_tokens,
+        cached_input_tokens=counters.cached_input_tokens,
+        output_tokens=counters.output_tokens,
+        micro_usd=counters.micro_usd,
+        last_used_at=(
+            datetime.fromtimestamp(counters.last_used_ms / 1000, UTC) if counters.last_used_ms else None
+        ),
+        seeded_tokens=counters.seeded_tokens,
+    )

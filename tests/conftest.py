@@ -1,0 +1,31 @@
+"""Shared pytest fixtures; each area adds its own here (small, additive edits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tests import redis_server
+
+# -- Redis (limits) ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_session_server() -> Iterator[redis_server.RedisServer]:
+    """One real redis-server for the whole test run (free port, no persistence)."""
+    with redis_server.RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session_server: redis_server.RedisServer) -> str:
+    """URL of the session's redis-server, emptied for this test."""
+    redis_session_server.flushall()
+    return redis_session_server.url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[redis_server.RedisServer]:
+    """A redis-server of this test alone, which it may kill and restart."""
+    with redis_server.RedisServer() as server:
+        yield server
