@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from bench import loadgen, report, stats, upstream
+from bench import loadgen, profile, report, stats, upstream
 
 
 def _wrk(
@@ -157,3 +157,20 @@ def test_stream_events_carry_twenty_chunks_and_usage_only_when_asked() -> None:
     assert len(asked) == len(silent) + 1
     assert b'"choices":[]' in asked[-2] and b'"completion_tokens":20' in asked[-2]
     assert all(b'"usage":{' not in event for event in silent)
+
+
+def test_profile_summary_self_inclusive_and_packages() -> None:
+    loop = "run (/x/lib/python3.11/asyncio/base_events.py:10)"
+    handler = "handle (/v/lib/python3.11/site-packages/aiohttp/web_protocol.py:5)"
+    lines = [
+        f"{loop};{handler} 6",
+        f"{loop};{handler};reserve (/w/proxy/llmkeys_proxy/limits/redis.py:7) 4",
+        "garbage line",
+        "",
+    ]
+    summary = profile.summarize_collapsed(lines)
+    assert summary.samples == 10
+    assert dict(summary.by_package) == pytest.approx({"aiohttp": 0.6, "llmkeys_proxy/limits/redis.py": 0.4})
+    assert dict(summary.by_function_inclusive)["run (asyncio)"] == pytest.approx(1.0)
+    assert dict(summary.by_function_self)["reserve (llmkeys_proxy/limits/redis.py)"] == pytest.approx(0.4)
+    assert "60.0%  aiohttp" in profile.format_summary("t", summary)
