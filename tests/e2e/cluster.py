@@ -115,8 +115,12 @@ class Cluster:
 
 
 def mock_provider_credential() -> dict[str, Any]:
-    """The mock ProviderCredential of examples/standalone (no internet needed), or an equivalent one."""
-    for path in sorted((REPO / "examples" / "standalone").glob("*.y*ml")):
+    """The mock ProviderCredential of the examples (no internet needed), or an equivalent one."""
+    paths = [
+        REPO / "examples" / "credentials" / "mock.yaml",
+        *sorted((REPO / "examples" / "standalone").glob("*.yaml")),
+    ]
+    for path in (p for p in paths if p.is_file()):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "ProviderCredential" and doc["spec"].get("provider") == "mock":
                 doc["metadata"].pop("namespace", None)
