@@ -1,0 +1,222 @@
+"""The proxy's aiohttp application factory: `create_app(settings, config_source, limiter)`.
+
+Called by server.py (`llmkeys proxy`), by standalone mode (`llmkeys serve`) and by tests. The app
+owns what it is given: it starts the config source, and on cleanup (after in-flight requests
+finished) drains settlements, closes upstream sessions, stops the source and closes the limiter.
+Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployments/{d}/...`,
+`/openai/v1/...`), `/healthz`, `/readyz`, `/metrics`. Other API families add rows to `ROUTES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+import orjson
+from aiohttp import web
+
+from llmkeys_proxy import (
+    auth,
+    errors,
+    metrics,
+    native_routes,
+    pipeline,
+    pricing,
+    settings,
+    settlement,
+    sources,
+)
+from llmkeys_proxy.limits import base as limits_base
+from llmkeys_proxy.state import STATE, ProxyState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CHAT = pipeline.Endpoint("openai-chat", "chat/completions")
+COMPLETIONS = pipeline.Endpoint("openai-completions", "completions")
+EMBEDDINGS = pipeline.Endpoint("openai-embeddings", "embeddings")
+RESPONSES = pipeline.Endpoint("openai-responses", "responses")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    """One proxied route: method, aiohttp path, endpoint meaning, and where the model comes from."""
+
+    method: str
+    path: str
+    endpoint: pipeline.Endpoint
+    #: match_info name holding the model (None: the body's `model`).
+    model_param: str | None = None
+    #: The path names an Azure deployment: map it back to a model name.
+    azure_deployment: bool = False
+
+
+ROUTES: list[ProxyRoute] = [
+    ProxyRoute("POST", "/v1/chat/completions", CHAT),
+    ProxyRoute("POST", "/v1/completions", COMPLETIONS),
+    ProxyRoute("POST", "/v1/embeddings", EMBEDDINGS),
+    ProxyRoute("POST", "/v1/responses", RESPONSES),
+    # Azure OpenAI, v1 API (the plain OpenAI SDK with base_url=<endpoint>/openai/v1).
+    ProxyRoute("POST", "/openai/v1/chat/completions", CHAT),
+    ProxyRoute("POST", "/openai/v1/completions", COMPLETIONS),
+    ProxyRoute("POST", "/openai/v1/embeddings", EMBEDDINGS),
+    ProxyRoute("POST", "/openai/v1/responses", RESPONSES),
+    # Azure OpenAI, classic deployment URLs (AzureOpenAI SDK; ?api-version=...).
+    ProxyRoute("POST", "/openai/deployments/{deployment}/chat/completions", CHAT, "deployment", True),
+    ProxyRoute("POST", "/openai/deployments/{deployment}/completions", COMPLETIONS, "deployment", True),
+    ProxyRoute("POST", "/openai/deployments/{deployment}/embeddings", EMBEDDINGS, "deployment", True),
+    ProxyRoute("POST", "/openai/responses", RESPONSES),
+]
+# Anthropic, Gemini and Bedrock native APIs (native_routes.py).
+ROUTES += [ProxyRoute(r.method, r.path, r.endpoint, r.model_param) for r in native_routes.ROUTES]
+
+
+def _proxy_handler(route: ProxyRoute) -> Handler:
+    endpoint = route.endpoint
+    param = route.model_param
+    if param is None:
+
+        async def from_body(request: web.Request) -> web.StreamResponse:
+            return await pipeline.handle(request, endpoint)
+
+        return from_body
+
+    async def from_path(request: web.Request) -> web.StreamResponse:
+        model = request.match_info[param]
+        table = request.app[STATE].table
+        if route.azure_deployment and table is not None:
+            model = table.deployment_models.get(model, model)
+        return await pipeline.handle(request, endpoint, model)
+
+    return from_path
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready when a config is loaded and the limiter answers. A source error while a last good
+    config is served stays ready (the fleet keeps serving) but is reported here."""
+    state = request.app[STATE]
+    source = state.source
+    current = source.current
+    try:
+        limiter_ok = await state.limiter.ping()
+    except Exception:
+        limiter_ok = False
+    state.metrics.config_healthy.set(1 if source.healthy else 0)
+    ready = current is not None and limiter_ok
+    body = {
+        "status": "ready" if ready else "not ready",
+        "config": {
+            "loaded": current is not None,
+            "healthy": source.healthy,
+            "error": source.last_error,
+            "generation": source.generation,
+            "keys": len(current.keys) if current is not None else 0,
+            "providers": len(current.providers) if current is not None else 0,
+            "unavailable_providers": sorted(
+                p.id for p in (current.providers if current is not None else ()) if p.id not in state.adapters
+            ),
+        },
+        "limiter": "ok" if limiter_ok else "unreachable",
+    }
+    return web.Response(
+        status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json"
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[STATE].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def _model_object(model: str, owned_by: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": owned_by}
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: only the models this key may use."""
+    state = request.app[STATE]
+    try:
+        table = state.table
+        if table is None:
+            raise errors.ProxyError(
+                "config_not_loaded", "The proxy has not loaded its configuration yet; retry shortly."
+            )
+        key = auth.authenticate(
+            table.keys, auth.presented_key(request.headers, request.query), datetime.now(UTC)
+        )
+        wanted = request.match_info.get("model")
+        listed = table.models_for(key)
+        if wanted is None:
+            data = [_model_object(model, provider.provider) for model, provider in listed]
+            return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+        for model, provider in listed:
+            if model == wanted:
+                return web.json_response(_model_object(model, provider.provider), dumps=_dumps)
+        raise errors.ProxyError(
+            "model_not_found", f"The model '{wanted}' does not exist or this key may not use it."
+        )
+    except errors.ProxyError as error:
+        return errors.error_response("openai", error)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    error = errors.ProxyError("not_found", f"No route {request.method} {request.path} on this proxy.")
+    return errors.error_response("openai", error)
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_app(
+    proxy_settings: settings.ProxySettings,
+    config_source: sources.ConfigSource,
+    limiter: limits_base.Limiter,
+    *,
+    prices: pricing.PriceTable | None = None,
+) -> web.Application:
+    """The proxy application; serve it with `server.serve_app` (or any aiohttp runner)."""
+    proxy_metrics = metrics.ProxyMetrics()
+    price_table = prices or pricing.PriceTable.shipped()
+    state = ProxyState(
+        settings=proxy_settings,
+        source=config_source,
+        limiter=limiter,
+        metrics=proxy_metrics,
+        prices=price_table,
+        settler=settlement.Settler(limiter, proxy_metrics, price_table),
+    )
+    app = web.Application(client_max_size=proxy_settings.max_body_bytes)
+    app[STATE] = state
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _proxy_handler(route))
+    for prefix in ("/v1", "/openai/v1"):
+        app.router.add_get(f"{prefix}/models", _list_models)
+        app.router.add_get(f"{prefix}/models/{{model}}", _list_models)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state.settler.start()
+    state.source.subscribe(state.apply_config)
+    await state.source.start()
+    try:
+        yield
+    finally:
+        # aiohttp runs this after the server stopped and in-flight handlers finished.
+        await state.source.stop()
+        await state.settler.close()
+        await state.close_adapters()
+        await state.limiter.close()

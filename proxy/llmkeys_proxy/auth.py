@@ -1,0 +1,79 @@
+"""Authentication: find the virtual key wherever an SDK put it, verify it, check the key's state.
+
+Called first by every proxied route (pipeline.py). Unknown, malformed, wrongly-signed and revoked
+keys all get the same 401 with the same message, so a caller learns nothing about which part was
+wrong. Only a key whose secret verified learns that it is suspended, expired or in breach of a
+policy (403, each with its own code). Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from multidict import CIMultiDictProxy
+
+from llmkeys_proxy import config, errors, keys
+
+#: Headers SDKs send keys in, in the order they are looked at (after `Authorization: Bearer`).
+KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
+#: Every header that may carry a key: none of them is ever forwarded upstream.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", *KEY_HEADERS})
+
+_INVALID_KEY_MESSAGE = "Invalid API key. Use the virtual key from your llmkeys key Secret."
+
+
+def presented_key(headers: CIMultiDictProxy[str], query: Mapping[str, str]) -> str | None:
+    """The key as sent: `Authorization: Bearer` (OpenAI, Bedrock API keys), `x-api-key` (Anthropic),
+    `api-key` (Azure), `x-goog-api-key` or `?key=` (Gemini)."""
+    value = headers.get("Authorization")
+    if value is not None:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            return token.strip()
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value.strip()
+    return query.get("key")
+
+
+def invalid_key() -> errors.ProxyError:
+    return errors.ProxyError("invalid_api_key", _INVALID_KEY_MESSAGE)
+
+
+def authenticate(
+    key_index: Mapping[str, config.KeyEntry], presented: str | None, now: datetime
+) -> config.KeyEntry:
+    """The KeyEntry of a valid presented key; raises ProxyError (401 invalid_api_key, 403
+    key_suspended / key_expired / key_policy_violation)."""
+    if not presented:
+        raise invalid_key()
+    parsed = keys.parse_key(presented)
+    if parsed is None:
+        raise invalid_key()
+    entry = key_index.get(parsed.key_id)
+    if entry is None:
+        raise invalid_key()
+    digest = hashlib.sha256(parsed.secret.encode("ascii")).hexdigest()
+    # Compare against every hash (rotation keeps two) without stopping early.
+    matched = False
+    for accepted in entry.hashes:
+        if hmac.compare_digest(digest, accepted.sha256) and accepted.valid_at(now):
+            matched = True
+    if not matched:
+        raise invalid_key()
+    if entry.suspended:
+        raise errors.ProxyError("key_suspended", "This virtual key is suspended.")
+    expires_at = entry.expires_at
+    if expires_at is not None:
+        if expires_at.tzinfo is None:  # the contract says UTC; tolerate a naive timestamp
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if now >= expires_at:
+            shown = expires_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            raise errors.ProxyError("key_expired", f"This virtual key expired at {shown}.")
+    if entry.policy_violation:
+        raise errors.ProxyError("key_policy_violation", entry.policy_violation)
+    return entry

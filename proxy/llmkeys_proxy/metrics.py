@@ -1,0 +1,133 @@
+"""Prometheus metrics of the proxy, served on /metrics; recorded by the settlement step of each request.
+
+Labels are public identifiers only (key_id, namespace, model, provider, code) — never keys,
+credentials or prompts. Each app owns its registry (several apps can live in one process, as in
+tests). With `PROMETHEUS_MULTIPROC_DIR` set (server.py sets it for `--workers N`), values are shared
+through prometheus-client's multiprocess files and /metrics reports the sum over all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import prometheus_client
+from prometheus_client import multiprocess
+
+_REQUEST_LABELS = ("key_id", "namespace", "model", "provider", "code")
+_TOKEN_LABELS = ("key_id", "namespace", "model", "provider", "kind")
+_SPEND_LABELS = ("key_id", "namespace", "model", "provider")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ProxyMetrics:
+    """The proxy's metric families plus a cache of labelled children (labels() is not free)."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = prometheus_client.Counter(
+            "llmkeys_requests",
+            "Proxied requests by outcome code (ok, or a stable error code).",
+            _REQUEST_LABELS,
+            registry=r,
+        )
+        self.tokens = prometheus_client.Counter(
+            "llmkeys_tokens",
+            "Tokens used (kind: input, cached_input, output, reasoning); input includes cached.",
+            _TOKEN_LABELS,
+            registry=r,
+        )
+        self.spend = prometheus_client.Counter(
+            "llmkeys_spend_micro_usd", "Spend in micro-USD from the price table.", _SPEND_LABELS, registry=r
+        )
+        self.duration = prometheus_client.Histogram(
+            "llmkeys_request_duration_seconds",
+            "Time from request received to response finished (streams: until the last byte).",
+            ("provider",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.limiter_unavailable = prometheus_client.Counter(
+            "llmkeys_limiter_unavailable",
+            "Requests that met an unreachable limiter, by the key's policy (Reject or Allow).",
+            ("mode",),
+            registry=r,
+        )
+        self.estimated_usage = prometheus_client.Counter(
+            "llmkeys_usage_estimated",
+            "Responses without provider-reported usage, counted locally with tiktoken (cut-off streams).",
+            ("provider",),
+            registry=r,
+        )
+        self.settle_errors = prometheus_client.Counter(
+            "llmkeys_settle_errors", "Settlements or refunds the limiter did not accept.", registry=r
+        )
+        self.in_flight = prometheus_client.Gauge(
+            "llmkeys_in_flight_requests", "Requests being served.", registry=r, multiprocess_mode="livesum"
+        )
+        self.config_generation = prometheus_client.Gauge(
+            "llmkeys_config_generation",
+            "Config versions loaded since start.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.config_healthy = prometheus_client.Gauge(
+            "llmkeys_config_healthy",
+            "1 when the last config read succeeded, 0 when serving the last good config.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.config_keys = prometheus_client.Gauge(
+            "llmkeys_config_keys", "Virtual keys in the loaded config.", registry=r, multiprocess_mode="max"
+        )
+        self._request_children: dict[tuple[str, ...], prometheus_client.Counter] = {}
+        self._token_children: dict[tuple[str, ...], tuple[prometheus_client.Counter, ...]] = {}
+        self._duration_children: dict[str, prometheus_client.Histogram] = {}
+
+    def observe_request(
+        self,
+        key_id: str,
+        namespace: str,
+        model: str,
+        provider: str,
+        code: str,
+        duration_s: float,
+        tokens: tuple[int, int, int, int] | None,
+        micro_usd: int,
+    ) -> None:
+        """Count one finished request; `tokens` is (input, cached_input, output, reasoning)."""
+        labels = (key_id, namespace, model, provider, code)
+        counter = self._request_children.get(labels)
+        if counter is None:
+            counter = self.requests.labels(*labels)
+            if len(self._request_children) < 100_000:
+                self._request_children[labels] = counter
+        counter.inc()
+        histogram = self._duration_children.get(provider)
+        if histogram is None:
+            histogram = self._duration_children[provider] = self.duration.labels(provider)
+        histogram.observe(duration_s)
+        if tokens is not None:
+            base = (key_id, namespace, model, provider)
+            children = self._token_children.get(base)
+            if children is None:
+                children = (
+                    self.tokens.labels(*base, "input"),
+                    self.tokens.labels(*base, "cached_input"),
+                    self.tokens.labels(*base, "output"),
+                    self.tokens.labels(*base, "reasoning"),
+                    self.spend.labels(*base),
+                )
+                if len(self._token_children) < 100_000:
+                    self._token_children[base] = children
+            for child, value in zip(children, (*tokens, micro_usd), strict=True):
+                if value:
+                    child.inc(value)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text (summed over workers in multiprocess mode) and its content type."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = prometheus_client.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST

@@ -1,0 +1,550 @@
+"""The request pipeline of every proxied call: authenticate, parse, route, reserve, forward, settle.
+
+Called by app.py's route handlers with an `Endpoint` saying what the route is (API format,
+operation, error family). Steps: auth.py (key) -> parse the few body fields needed (orjson) ->
+routing.py (credential + upstream model) -> max_tokens check -> limiter reserve (429 with
+Retry-After / x-ratelimit-* on deny; the key's policy when the limiter is down) -> the provider
+adapter (original body bytes unless a change is needed) -> response streamed back without
+buffering, usage metered on the way -> `Settler.submit` (settle/refund, metrics, audit) off the
+critical path. Errors are rendered once, in the caller's API family's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from llmkeys_proxy import auth, config, errors, routing, settlement, usage
+from llmkeys_proxy.limits import base as limits_base
+from llmkeys_proxy.providers import base as providers_base
+from llmkeys_proxy.state import STATE, ProxyState
+
+logger = logging.getLogger("llmkeys.proxy")
+
+#: Bodies above this size get their prompt tokens counted in a worker thread (keeps the loop free).
+THREAD_ESTIMATE_BYTES = 64 * 1024
+#: Bytes of a provider's error message repeated to the client on a 5xx.
+_UPSTREAM_MESSAGE_LIMIT = 300
+
+# Never forwarded upstream: hop-by-hop headers (RFC 9110 7.6.1), what aiohttp sets itself, the
+# client's credentials, account selectors meaningless for the real account, client addresses.
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+        "accept-encoding",
+        "cookie",
+        "openai-organization",
+        "openai-project",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-request-id",
+        *auth.CREDENTIAL_HEADERS,
+    }
+)
+# Never passed back to the client: hop-by-hop, framing the proxy redoes, and facts about the real
+# account (organisation ids, the shared account's rate limits: the key's own limits replace them).
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "set-cookie",
+        "date",
+        "server",
+        "openai-organization",
+        "openai-project",
+        "anthropic-organization-id",
+        "x-request-id",
+        "retry-after",
+        "retry-after-ms",
+    }
+)
+_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+_DENY_MESSAGES: dict[str, str] = {
+    "rate_limit_exceeded": "Rate limit reached for this key (requests per minute).",
+    "token_limit_exceeded": "Token limit reached for this key.",
+    "budget_exceeded": "This key's monthly spend cap is reached.",
+    "pool_budget_exceeded": "A shared budget this key draws from is exhausted.",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What an inbound route means to the pipeline."""
+
+    api: usage.ApiFormat
+    #: See `providers.base.UpstreamCall.operation`.
+    operation: str
+    family: errors.ApiFamily = "openai"
+    #: Streamed whatever the body says (Gemini streamGenerateContent, Bedrock converse-stream);
+    #: None: the body's `stream` field decides.
+    stream: bool | None = None
+
+
+def request_id_of(headers: CIMultiDictProxy[str]) -> str:
+    """The caller's x-request-id when it is a sane token, else a fresh random id."""
+    given = headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isascii() and given.isprintable() and " " not in given:
+        return given
+    return os.urandom(12).hex()
+
+
+def _go_duration(seconds: float) -> str:
+    """OpenAI's reset format (Go durations): 17ms, 1.5s, 6m0s, 1h2m3s."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole_minutes, secs = divmod(seconds, 60)
+    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if whole_minutes < 1:
+        return secs_text
+    hours, minutes = divmod(int(whole_minutes), 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m" + secs_text
+
+
+def rate_limit_headers(rate: limits_base.RateState) -> dict[str, str]:
+    """OpenAI-style x-ratelimit-* headers for the key's own limits (absent where it has none)."""
+    headers: dict[str, str] = {}
+    if rate.limit_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(rate.limit_requests)
+    if rate.remaining_requests is not None:
+        headers["x-ratelimit-remaining-requests"] = str(max(0, rate.remaining_requests))
+    if rate.reset_requests_s is not None:
+        headers["x-ratelimit-reset-requests"] = _go_duration(rate.reset_requests_s)
+    if rate.limit_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(rate.limit_tokens)
+    if rate.remaining_tokens is not None:
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, rate.remaining_tokens))
+    if rate.reset_tokens_s is not None:
+        headers["x-ratelimit-reset-tokens"] = _go_duration(rate.reset_tokens_s)
+    return headers
+
+
+def _deny_headers(decision: limits_base.Decision, rate: dict[str, str]) -> dict[str, str]:
+    headers = dict(rate)
+    if decision.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after_s)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(decision.retry_after_s * 1000)))
+    if decision.exhausted:
+        headers["x-should-retry"] = "false"
+    return headers
+
+
+def forward_headers(headers: CIMultiDictProxy[str], request_id: str) -> dict[str, str]:
+    """The client headers that may go upstream (see `_DROP_REQUEST_HEADERS`), plus our request id."""
+    kept = {name: value for name, value in headers.items() if name.lower() not in _DROP_REQUEST_HEADERS}
+    kept["X-Request-Id"] = request_id
+    return kept
+
+
+def response_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """Upstream response headers the client may see; the upstream's request id as x-upstream-request-id."""
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
+            if lower == "x-request-id":
+                kept["x-upstream-request-id"] = value
+            continue
+        kept.add(name, value)
+    return kept
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 request_too_large above `limit` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+
+
+def _too_large(limit: int) -> errors.ProxyError:
+    return errors.ProxyError(
+        "request_too_large", f"The request body is larger than the allowed {limit} bytes."
+    )
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 invalid_json otherwise (the body is never echoed)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.ProxyError("invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise errors.ProxyError("invalid_json", "The request body must be a JSON object.")
+    return payload
+
+
+def upstream_body(
+    api: usage.ApiFormat,
+    stream: bool,
+    payload: dict[str, Any],
+    body: bytes,
+    upstream_model: str,
+    injects_stream_usage: bool,
+) -> tuple[bytes, dict[str, Any], bool]:
+    """(bytes to send, payload they encode, whether to hide the injected usage chunk). The original
+    bytes unless the model must be renamed or a streamed chat/completion must ask for usage."""
+    changes: dict[str, Any] = {}
+    if api.startswith("openai-") and payload.get("model") != upstream_model:
+        changes["model"] = upstream_model
+    hide = False
+    if stream and injects_stream_usage and api in ("openai-chat", "openai-completions"):
+        options = payload.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            changes["stream_options"] = (
+                {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+            )
+            hide = True
+    if not changes:
+        return body, payload, False
+    rewritten = {**payload, **changes}
+    return orjson.dumps(rewritten), rewritten, hide
+
+
+async def handle(
+    request: web.Request, endpoint: Endpoint, path_model: str | None = None
+) -> web.StreamResponse:
+    """Serve one proxied request end to end (see module docstring)."""
+    state = request.app[STATE]
+    outcome = settlement.Outcome(
+        request_id=request_id_of(request.headers),
+        method=request.method,
+        path=request.path,
+        api=endpoint.api,
+        started=time.perf_counter(),
+        time=datetime.now(UTC),
+    )
+    state.metrics.in_flight.inc()
+    try:
+        return await _proxy(state, request, endpoint, path_model, outcome)
+    except errors.ProxyError as error:
+        return _refusal(endpoint.family, error, outcome)
+    except Exception:
+        logger.exception("request %s failed inside the proxy", outcome.request_id)
+        internal = errors.ProxyError(
+            "internal_error", f"Internal proxy error (request id {outcome.request_id})."
+        )
+        return _refusal(endpoint.family, internal, outcome)
+    finally:
+        state.metrics.in_flight.dec()
+        state.settler.submit(outcome)
+
+
+def _refusal(family: errors.ApiFamily, error: errors.ProxyError, outcome: settlement.Outcome) -> web.Response:
+    if outcome.code == "ok":
+        outcome.code = error.code
+    outcome.status = error.status
+    response = errors.error_response(family, error)
+    response.headers["x-request-id"] = outcome.request_id
+    if outcome.rate_headers and error.headers is None:
+        response.headers.update(outcome.rate_headers)
+    return response
+
+
+async def _proxy(
+    state: ProxyState,
+    request: web.Request,
+    endpoint: Endpoint,
+    path_model: str | None,
+    outcome: settlement.Outcome,
+) -> web.StreamResponse:
+    table = state.table
+    if table is None:
+        raise errors.ProxyError(
+            "config_not_loaded", "The proxy has not loaded its configuration yet; retry shortly."
+        )
+    key = auth.authenticate(table.keys, auth.presented_key(request.headers, request.query), outcome.time)
+    outcome.key = key
+    body = await read_body(request, state.settings.max_body_bytes)
+    payload = parse_json_object(body)
+    model = path_model or payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.ProxyError("model_required", "The request must name a model.", param="model")
+    outcome.model = model
+    stream = endpoint.stream if endpoint.stream is not None else payload.get("stream") is True
+    outcome.stream = stream
+    route = table.resolve(key, model, endpoint.api, endpoint.operation)
+    outcome.provider = route.provider
+    outcome.upstream_model = route.upstream_model
+    outcome.price_model = route.price_model
+
+    requested = usage.requested_output_tokens(endpoint.api, payload)
+    cap = key.limits.max_tokens_per_request
+    if cap is not None and requested is not None and requested > cap:
+        raise errors.ProxyError(
+            "max_tokens_exceeded",
+            f"This key allows at most {cap} output tokens per request; the request asks for {requested}.",
+            param="max_tokens",
+        )
+    reserve_output = requested if requested is not None else key.default_output_reservation
+    if cap is not None:
+        reserve_output = min(reserve_output, cap)
+    if len(body) > THREAD_ESTIMATE_BYTES:
+        prompt_tokens = await asyncio.to_thread(
+            usage.estimate_prompt_tokens, endpoint.api, route.price_model, payload
+        )
+    else:
+        prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
+    estimate = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
+    estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
+    await _reserve(state, table, key, estimate.total_tokens, estimated_cost, outcome)
+
+    adapter = route.adapter
+    body_out, payload_out, hide = upstream_body(
+        endpoint.api, stream, payload, body, route.upstream_model, adapter.injects_stream_usage
+    )
+    call = providers_base.UpstreamCall(
+        api=endpoint.api,
+        operation=endpoint.operation,
+        model=model,
+        upstream_model=route.upstream_model,
+        stream=stream,
+        body=body_out,
+        payload=payload_out,
+        headers=forward_headers(request.headers, outcome.request_id),
+        query={k: v for k, v in request.query.items() if k != "key"} if request.query else {},
+        request_id=outcome.request_id,
+    )
+    adapter.in_flight += 1
+    try:
+        try:
+            upstream = await adapter.send(call)
+        except errors.ProxyError as error:
+            outcome.upstream_error = error.code
+            raise
+        if stream and 200 <= upstream.status < 300:
+            return await _stream(request, upstream, call, adapter, hide, prompt_tokens, outcome)
+        return await _whole(upstream, call, adapter, route, prompt_tokens, outcome)
+    finally:
+        state.release(adapter)
+
+
+async def _reserve(
+    state: ProxyState,
+    table: routing.RoutingTable,
+    key: config.KeyEntry,
+    tokens: int,
+    micro_usd: int,
+    outcome: settlement.Outcome,
+) -> None:
+    reserve_request = limits_base.ReserveRequest(
+        key_id=key.key_id,
+        limits=key.limits,
+        pools=table.pools_of(key),
+        estimated_tokens=tokens,
+        estimated_micro_usd=micro_usd,
+        now=outcome.time,
+        month_usage_seed=key.month_usage_seed,
+        day_usage_seed=key.day_usage_seed,
+    )
+    try:
+        decision = await state.limiter.reserve(reserve_request)
+    except limits_base.LimiterUnavailable:
+        mode = key.on_limiter_unavailable
+        state.metrics.limiter_unavailable.labels(mode).inc()
+        if mode == "Allow":
+            outcome.limiter_bypassed = True
+            logger.warning("limiter unavailable: key %s served unlimited (policy Allow)", key.key_id)
+            return
+        raise errors.ProxyError(
+            "limiter_unavailable",
+            "Usage limits cannot be checked right now, so the request is refused; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    rate = rate_limit_headers(decision.rate)
+    outcome.rate_headers = rate
+    if not decision.allowed:
+        code = decision.code or "rate_limit_exceeded"
+        raise errors.ProxyError(
+            code, decision.message or _DENY_MESSAGES[code], headers=_deny_headers(decision, rate)
+        )
+    outcome.reservation = decision.reservation
+
+
+async def _whole(
+    upstream: providers_base.UpstreamResponse,
+    call: providers_base.UpstreamCall,
+    adapter: providers_base.ProviderAdapter,
+    route: routing.Route,
+    prompt_tokens: int,
+    outcome: settlement.Outcome,
+) -> web.Response:
+    try:
+        data = await upstream.read()
+    finally:
+        upstream.close()
+    status = upstream.status
+    if not 200 <= status < 300:
+        return _upstream_failure(upstream, data, adapter, route, outcome)
+    counts = adapter.response_usage(call, upstream, data)
+    if counts is None:
+        counts = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=_output_tokens_of(call, data))
+        outcome.usage_source = "estimate"
+    else:
+        outcome.usage_source = "provider"
+    outcome.counts = counts
+    outcome.status = status
+    response = web.Response(status=status, body=data, headers=response_headers(upstream.headers))
+    response.headers["x-request-id"] = outcome.request_id
+    if outcome.rate_headers:
+        response.headers.update(outcome.rate_headers)
+    return response
+
+
+def _upstream_failure(
+    upstream: providers_base.UpstreamResponse,
+    data: bytes,
+    adapter: providers_base.ProviderAdapter,
+    route: routing.Route,
+    outcome: settlement.Outcome,
+) -> web.Response:
+    """An upstream error status: refund, and tell the client what it can act on."""
+    status = upstream.status
+    for secret in adapter.secret_values():
+        if secret in data:
+            data = data.replace(secret, b"[redacted]")
+    if status in (401, 403):
+        # The gateway's real credential was refused: the caller cannot fix that, and the upstream's
+        # message may quote part of the credential. Say who must act instead.
+        logger.warning("provider %s refused the gateway credential (HTTP %d)", route.provider.id, status)
+        raise errors.ProxyError(
+            "upstream_auth_failed",
+            f"The provider refused the gateway's credential (HTTP {status}); the platform team must fix "
+            f"the ProviderCredential '{route.provider.id}'.",
+        )
+    if status >= 500:
+        detail = _upstream_message(data)
+        raise errors.ProxyError(
+            "upstream_error",
+            f"The provider answered HTTP {status}" + (f": {detail}" if detail else "."),
+            status=status,
+        )
+    # 4xx about the request itself (bad parameters, unknown model upstream, upstream 429): the
+    # provider's own answer, which the caller's SDK understands.
+    response = web.Response(status=status, body=data, headers=response_headers(upstream.headers))
+    for name in ("retry-after", "retry-after-ms"):
+        value = upstream.headers.get(name)
+        if value is not None:
+            response.headers[name] = value
+    response.headers["x-request-id"] = outcome.request_id
+    if outcome.rate_headers:
+        response.headers.update(outcome.rate_headers)
+    outcome.status = status
+    outcome.code = f"upstream_{status}"
+    return response
+
+
+def _upstream_message(data: bytes) -> str:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str):
+        message = payload.get("message") if isinstance(payload, dict) else None
+    return message[:_UPSTREAM_MESSAGE_LIMIT] if isinstance(message, str) else ""
+
+
+def _output_tokens_of(call: providers_base.UpstreamCall, data: bytes) -> int:
+    """Output tokens of an OpenAI-format response that reported no usage, counted with tiktoken."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(payload, dict):
+        return 0
+    texts: list[str] = []
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else choice.get("text")
+            if isinstance(content, str):
+                texts.append(content)
+    output = payload.get("output")
+    if isinstance(output, list):
+        for item in output:
+            parts = item.get("content") if isinstance(item, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+    return usage.count_tokens(call.upstream_model, "".join(texts)) if texts else 0
+
+
+async def _stream(
+    request: web.Request,
+    upstream: providers_base.UpstreamResponse,
+    call: providers_base.UpstreamCall,
+    adapter: providers_base.ProviderAdapter,
+    hide: bool,
+    prompt_tokens: int,
+    outcome: settlement.Outcome,
+) -> web.StreamResponse:
+    """Pass a streamed body through chunk by chunk, metering usage; settles whatever happens."""
+    response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream.headers))
+    response.headers["x-request-id"] = outcome.request_id
+    if outcome.rate_headers:
+        response.headers.update(outcome.rate_headers)
+    outcome.status = upstream.status
+    meter = adapter.stream_meter(call, hide)
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.iter_chunks():
+            out = meter.feed(chunk)
+            if out:
+                await response.write(out)
+        tail = meter.finish()
+        if tail:
+            await response.write(tail)
+        await response.write_eof()
+    except ConnectionResetError:
+        outcome.client_disconnected = True
+    except Exception:
+        # Headers are gone already: the stream can only end here. Settle what passed.
+        logger.exception("request %s: streaming failed inside the proxy", outcome.request_id)
+        outcome.upstream_error = "proxy_error"
+    finally:
+        upstream.close()
+        outcome.upstream_error = outcome.upstream_error or upstream.error
+        counts = meter.settled_counts(prompt_tokens)
+        outcome.counts = counts
+        outcome.usage_source = "provider" if meter.complete and counts == meter.usage else "estimate"
+    return response

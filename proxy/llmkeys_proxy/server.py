@@ -1,0 +1,283 @@
+"""`llmkeys proxy`: run the proxy from `LLMKEYS_*` settings, on uvloop when available, in N processes.
+
+Called by cli.py (`add_arguments` + `run`). `serve_app` runs any app on a host/port until a stop
+event and shuts down gracefully (stop accepting, finish in-flight requests, drain settlements);
+standalone mode (`llmkeys serve`) embeds it with its own config source. `--workers N` starts N
+processes sharing the port through SO_REUSEPORT; Prometheus values are then shared through
+multiprocess files so /metrics shows the whole pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from llmkeys_proxy import settings, sources
+from llmkeys_proxy.limits import base as limits_base
+
+logger = logging.getLogger("llmkeys.proxy.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line flags; each overrides its LLMKEYS_* variable."""
+    parser.add_argument("--host", help="listen address (LLMKEYS_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (LLMKEYS_PORT, default 8080)")
+    parser.add_argument("--workers", type=int, help="processes sharing the port (LLMKEYS_WORKERS, default 1)")
+    parser.add_argument(
+        "--config-source",
+        choices=("kubernetes", "directory"),
+        help="LLMKEYS_CONFIG_SOURCE (default directory)",
+    )
+    parser.add_argument("--config-dir", help="compiled config directory (LLMKEYS_CONFIG_DIR)")
+    parser.add_argument("--namespace", help="namespace of the config Secrets (LLMKEYS_NAMESPACE)")
+    parser.add_argument("--log-level", help="LLMKEYS_LOG_LEVEL (default INFO)")
+    # No --redis-url flag on purpose: a password on a command line is visible in `ps`.
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `llmkeys proxy`."""
+    try:
+        proxy_settings = settings.ProxySettings.from_env(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            config_source=args.config_source,
+            config_dir=args.config_dir,
+            namespace=args.namespace,
+            log_level=args.log_level,
+        )
+    except ValueError as exc:
+        print(f"llmkeys proxy: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(proxy_settings.log_level)
+    if proxy_settings.workers > 1:
+        return run_workers(proxy_settings)
+    return run_event_loop(_serve_settings(proxy_settings))
+
+
+def configure_logging(level: str) -> None:
+    """Plain log lines on stderr; audit lines (already JSON) alone on stdout."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    audit_logger = logging.getLogger("llmkeys.audit")
+    if not audit_logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        audit_logger.addHandler(handler)
+        audit_logger.propagate = False
+        audit_logger.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def redis_url(proxy_settings: settings.ProxySettings) -> str:
+    """LLMKEYS_REDIS_URL with LLMKEYS_REDIS_PASSWORD (when set) put in place of the URL's password."""
+    url = proxy_settings.redis_url
+    password = proxy_settings.redis_password
+    if not password:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def build_limiter(proxy_settings: settings.ProxySettings) -> limits_base.Limiter:
+    """Redis when LLMKEYS_REDIS_URL is set, else the in-process backend."""
+    if proxy_settings.redis_url:
+        from llmkeys_proxy.limits import redis as redis_limiter
+
+        return redis_limiter.RedisLimiter(redis_url(proxy_settings))
+    from llmkeys_proxy.limits import memory
+
+    return memory.MemoryLimiter()
+
+
+def build_source(proxy_settings: settings.ProxySettings) -> sources.ConfigSource:
+    """The config source LLMKEYS_CONFIG_SOURCE names."""
+    if proxy_settings.config_source == "directory":
+        assert proxy_settings.config_dir is not None  # validated by ProxySettings
+        return sources.DirectorySource(proxy_settings.config_dir, proxy_settings.reload_interval_s)
+    kubesource: Any = importlib.import_module("llmkeys_proxy.kubesource")
+    source: sources.ConfigSource = kubesource.KubernetesSource(namespace=proxy_settings.namespace)
+    return source
+
+
+async def serve_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
+    shutdown_timeout_s: float = 30.0,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve `app` until `stop` is set, then shut down gracefully: stop accepting, let in-flight
+    requests finish (up to `shutdown_timeout_s`), run the app's cleanup. `on_ready(port)` is
+    called once listening (the actual port when `port` is 0)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
+        if on_ready is not None:
+            on_ready(_bound_port(runner, port))
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return fallback
+
+
+async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
+    from llmkeys_proxy import app as proxy_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    application = proxy_app.create_app(
+        proxy_settings, build_source(proxy_settings), build_limiter(proxy_settings)
+    )
+
+    def ready(port: int) -> None:
+        logger.info("proxy listening on %s:%d (pid %d)", proxy_settings.host, port, os.getpid())
+
+    await serve_app(
+        application,
+        proxy_settings.host,
+        proxy_settings.port,
+        stop,
+        reuse_port=proxy_settings.workers > 1,
+        shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
+        on_ready=ready,
+    )
+    logger.info("proxy stopped (pid %d)", os.getpid())
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> int:
+    """Run `main` on uvloop when installed (asyncio's loop otherwise)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+    return 0
+
+
+async def serve_directory(
+    config_dir: str | os.PathLike[str],
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    redis_url: str | None = None,
+    ready: asyncio.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+    reload_interval_s: float = 0.5,
+) -> None:
+    """Serve the compiled config in `config_dir` (standalone mode) until `stop` is set; `ready` is
+    set and `on_ready()` called once listening and the first config is loaded."""
+    from llmkeys_proxy import app as proxy_app
+
+    proxy_settings = settings.ProxySettings.from_env(
+        host=host,
+        port=port,
+        config_source="directory",
+        config_dir=str(config_dir),
+        reload_interval_s=reload_interval_s,
+        redis_url=redis_url or None,
+    )
+    source = sources.DirectorySource(config_dir, reload_interval_s)
+    application = proxy_app.create_app(proxy_settings, source, build_limiter(proxy_settings))
+
+    def listening(_port: int) -> None:
+        if ready is not None:
+            ready.set()
+        if on_ready is not None:
+            on_ready()
+
+    await serve_app(
+        application,
+        host,
+        port,
+        stop,
+        shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
+        on_ready=listening,
+    )
+
+
+def _worker(proxy_settings: settings.ProxySettings) -> None:
+    configure_logging(proxy_settings.log_level)
+    run_event_loop(_serve_settings(proxy_settings))
+
+
+def run_workers(proxy_settings: settings.ProxySettings) -> int:
+    """Start `workers` processes on one port (SO_REUSEPORT); stop them all on SIGTERM/SIGINT; if
+    one dies, stop the rest and fail (the orchestrator restarts the pod)."""
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own_metrics_dir = None
+    if not metrics_dir:
+        own_metrics_dir = tempfile.mkdtemp(prefix="llmkeys-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_worker, args=(proxy_settings,), name=f"llmkeys-proxy-{n}", daemon=False)
+        for n in range(proxy_settings.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.start()
+    logger.info("started %d proxy workers", len(children))
+    failed = False
+    try:
+        while any(child.is_alive() for child in children):
+            for child in children:
+                child.join(timeout=0.5)
+                if not child.is_alive() and child.exitcode not in (0, None) and not stopping:
+                    logger.error("worker %s exited with %s; stopping the others", child.name, child.exitcode)
+                    failed = True
+                    forward(signal.SIGTERM, None)
+    finally:
+        if own_metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+    return 1 if failed else 0

@@ -1,0 +1,89 @@
+"""Frozen runtime settings of the proxy, read from `LLMKEYS_*` environment variables (server.py, serve mode).
+
+Every setting has one env name; the Helm chart, the operator and `llmkeys serve` use the same names.
+Secrets (the Redis URL may carry a password) are kept out of `repr`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+ConfigSourceKind = Literal["kubernetes", "directory"]
+
+ENV_PREFIX = "LLMKEYS_"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """What one proxy process needs to know; build with `from_env` or directly (tests, standalone)."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    #: Processes sharing the port through SO_REUSEPORT.
+    workers: int = 1
+    config_source: ConfigSourceKind = "directory"
+    config_dir: str | None = None
+    #: Gateway namespace holding the config Secrets (kubernetes source).
+    namespace: str = "llmkeys"
+    #: redis:// or rediss:// (user:password allowed); empty = in-process limiter.
+    redis_url: str = dataclasses.field(default="", repr=False)
+    #: Overrides the password of `redis_url` when set.
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
+    log_level: str = "INFO"
+    #: Upstream inactivity timeout: time to response headers and between streamed chunks.
+    upstream_timeout_s: float = 600.0
+    upstream_connect_timeout_s: float = 10.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Poll interval of the directory config source.
+    reload_interval_s: float = 0.5
+    #: How long a graceful shutdown waits for in-flight requests.
+    shutdown_timeout_s: float = 30.0
+    #: Pooled upstream connections per provider credential.
+    upstream_connections: int = 256
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:
+        """Settings from `LLMKEYS_*` variables; explicit `overrides` (command line) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if not raw:
+                continue
+            values[field.name] = _convert(field.name, field.type, raw)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.config_source not in ("kubernetes", "directory"):
+            raise ValueError(
+                f"LLMKEYS_CONFIG_SOURCE must be kubernetes or directory, not {self.config_source!r}"
+            )
+        if self.config_source == "directory" and not self.config_dir:
+            raise ValueError("LLMKEYS_CONFIG_DIR is required with LLMKEYS_CONFIG_SOURCE=directory")
+        if self.workers < 1:
+            raise ValueError("LLMKEYS_WORKERS must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise ValueError("LLMKEYS_MAX_BODY_BYTES must be at least 1024")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            # Never echo the URL: it may hold a password.
+            raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
+
+
+def _convert(name: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
+    if name == "log_level":
+        return raw.upper()
+    return raw

@@ -1,0 +1,218 @@
+"""Settlement off the critical path: each finished request's outcome is settled (or refunded) with the
+limiter, priced, counted in metrics and written to the audit log by one background worker.
+
+The pipeline calls `Settler.submit(outcome)` (no await, no task per request) once the response is
+done; the worker drains outcomes in batches. `close()` (app shutdown, after in-flight requests
+finished) drains everything still queued, so a graceful shutdown never loses a settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime
+
+from llmkeys_proxy import audit, config, metrics, pricing, usage
+from llmkeys_proxy.limits import base as limits_base
+
+logger = logging.getLogger("llmkeys.proxy.settlement")
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """Everything known about one request when it finished (filled in along the pipeline)."""
+
+    request_id: str
+    method: str
+    path: str
+    api: str
+    started: float  # time.perf_counter() at arrival
+    time: datetime  # wall clock (UTC) at arrival
+    status: int = 0
+    #: "ok", a stable error code of errors.CODES, or "upstream_<status>" for a passed-through error.
+    code: str = "ok"
+    key: config.KeyEntry | None = None
+    provider: config.ProviderEntry | None = None
+    model: str | None = None
+    upstream_model: str | None = None
+    price_model: str | None = None
+    stream: bool = False
+    reservation: limits_base.Reservation | None = None
+    #: What to charge (None: nothing was served: refund).
+    counts: usage.TokenCounts | None = None
+    usage_source: str = "none"
+    limiter_bypassed: bool = False
+    client_disconnected: bool = False
+    upstream_error: str | None = None
+    duration_s: float = 0.0
+    #: The key's x-ratelimit-* headers from the limiter's decision (sent on every response).
+    rate_headers: dict[str, str] | None = None
+
+
+class Settler:
+    """The one background worker that settles outcomes (see module docstring)."""
+
+    def __init__(
+        self, limiter: limits_base.Limiter, proxy_metrics: metrics.ProxyMetrics, prices: pricing.PriceTable
+    ) -> None:
+        self._limiter = limiter
+        self._metrics = proxy_metrics
+        self._prices = prices
+        self._queue: list[Outcome] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.settled = 0  # outcomes processed (tests and /readyz detail)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="llmkeys-settler")
+
+    def submit(self, outcome: Outcome) -> None:
+        """Queue a finished request; returns at once."""
+        outcome.duration_s = time.perf_counter() - outcome.started
+        self._queue.append(outcome)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        if self._task is None or self._task.done():
+            # Not started or already closed (a straggler after shutdown): settle it on its own.
+            asyncio.get_running_loop().create_task(self._process([outcome]))
+            self._queue.remove(outcome)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is processed (tests, shutdown)."""
+        while self._queue or self._wakeup.is_set():
+            await asyncio.sleep(0.005)
+        # The worker may still be inside the last batch.
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        """Process everything queued, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            batch, self._queue = self._queue, []
+            if batch:
+                try:
+                    await self._process(batch)
+                except Exception:  # the worker must survive anything a batch throws
+                    logger.exception("settlement batch failed")
+            if not self._queue:
+                self._wakeup.clear()
+                if self._closing:
+                    return
+
+    async def _process(self, batch: list[Outcome]) -> None:
+        now = datetime.now(UTC)
+        calls = []
+        for outcome in batch:
+            micro_usd = self._price(outcome)
+            reservation = outcome.reservation
+            if reservation is not None:
+                if outcome.counts is None:
+                    calls.append(self._limiter.refund(reservation, now))
+                else:
+                    calls.append(self._limiter.settle(reservation, _actual(outcome.counts, micro_usd), now))
+            self._observe(outcome, micro_usd)
+        if len(calls) == 1:
+            results: list[BaseException | None] = []
+            try:
+                await calls[0]
+            except Exception as exc:
+                results.append(exc)
+        elif calls:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        else:
+            results = []
+        for result in results:
+            if isinstance(result, BaseException):
+                self._metrics.settle_errors.inc()
+                # The limiter expires abandoned reservations; nothing more to do here but say so.
+                logger.warning("settlement not accepted by the limiter: %s", type(result).__name__)
+
+    def _price(self, outcome: Outcome) -> int:
+        if outcome.counts is None or outcome.price_model is None:
+            return 0
+        overrides = outcome.provider.pricing if outcome.provider is not None else {}
+        return self._prices.cost(outcome.price_model, outcome.counts, overrides).micro_usd
+
+    def _observe(self, outcome: Outcome, micro_usd: int) -> None:
+        key = outcome.key
+        provider_id = outcome.provider.id if outcome.provider is not None else ""
+        counts = outcome.counts
+        if key is not None:
+            self._metrics.observe_request(
+                key.key_id,
+                key.namespace,
+                outcome.model or "",
+                provider_id,
+                outcome.code,
+                outcome.duration_s,
+                None
+                if counts is None
+                else (
+                    counts.input_tokens,
+                    counts.cached_input_tokens,
+                    counts.output_tokens,
+                    counts.reasoning_tokens,
+                ),
+                micro_usd,
+            )
+            if outcome.usage_source == "estimate":
+                self._metrics.estimated_usage.labels(provider_id).inc()
+        if not audit.enabled():
+            return
+        record = audit.AuditRecord(
+            time=outcome.time,
+            request_id=outcome.request_id,
+            status=outcome.status,
+            code=outcome.code,
+            api=outcome.api,
+            method=outcome.method,
+            path=outcome.path,
+            latency_ms=round(outcome.duration_s * 1000, 3),
+            key_id=key.key_id if key is not None else None,
+            namespace=key.namespace if key is not None else None,
+            name=key.name if key is not None else None,
+            owner=key.owner if key is not None else None,
+            provider=provider_id or None,
+            model=outcome.model,
+            upstream_model=outcome.upstream_model,
+            stream=outcome.stream,
+            cost_micro_usd=micro_usd,
+            usage_source=outcome.usage_source,
+            limiter_bypassed=outcome.limiter_bypassed,
+            client_disconnected=outcome.client_disconnected,
+            upstream_error=outcome.upstream_error,
+        )
+        if counts is not None:
+            record.input_tokens = counts.input_tokens
+            record.cached_input_tokens = counts.cached_input_tokens
+            record.cache_write_tokens = counts.cache_write_tokens
+            record.output_tokens = counts.output_tokens
+            record.reasoning_tokens = counts.reasoning_tokens
+        with contextlib.suppress(Exception):  # a broken log handler must not stop settlement
+            audit.write(record)
+
+
+def _actual(counts: usage.TokenCounts, micro_usd: int) -> limits_base.ActualUsage:
+    return limits_base.ActualUsage(
+        input_tokens=counts.input_tokens,
+        cached_input_tokens=counts.cached_input_tokens,
+        cache_write_tokens=counts.cache_write_tokens,
+        output_tokens=counts.output_tokens,
+        reasoning_tokens=counts.reasoning_tokens,
+        micro_usd=micro_usd,
+    )
