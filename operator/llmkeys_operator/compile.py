@@ -372,6 +372,9 @@ def _compile_key(
     else:
         reason = "Active"
         message = f"active until {_format_time(expires_at)}" if expires_at is not None else "active"
+        unserved = _unserved_wishes(spec, usable)
+        if unserved:
+            message += f"; not served by any usable credential: {', '.join(unserved)}"
 
     if violation is not None:
         compliant = ConditionContent("PolicyCompliant", "False", "PolicyViolation", violation)
@@ -562,6 +565,16 @@ def _no_models_message(
     served = sorted({route.name for entry in usable for route in entry.models})
     parts.append(f"credentials serve {_format_list(served)}")
     return "no model is both allowed and served: " + "; ".join(parts)
+
+
+def _unserved_wishes(spec: api.VirtualKeySpec, usable: Sequence[config.ProviderEntry]) -> list[str]:
+    """Providers and models the key names that no usable credential serves (a typo, usually)."""
+    unserved: list[str] = [p for p in spec.providers or () if not any(e.provider == p for e in usable)]
+    routes = [route.name for entry in usable for route in entry.models]
+    for glob in spec.models or ():
+        if not any(fnmatch.fnmatchcase(glob, r) or fnmatch.fnmatchcase(r, glob) for r in routes):
+            unserved.append(glob)
+    return unserved
 
 
 def _usage_seed(usage: api.Usage | None, period_format: str) -> config.UsageSeed | None:
