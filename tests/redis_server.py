@@ -8,11 +8,15 @@ port) let failure tests take it away and bring it back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import pathlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.parse
 
 
 def free_port() -> int:
@@ -21,38 +25,74 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server process; `url` stays valid across `restart()`."""
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: pathlib.Path
+    server_cert: pathlib.Path
+    server_key: pathlib.Path
 
-    def __init__(self, port: int | None = None) -> None:
+
+def make_tls_files(directory: pathlib.Path) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    new_ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        ["openssl", "req", "-x509", *new_ec_key, "-keyout", ca_key, "-out", ca_cert, "-days", "1",
+         "-subj", "/CN=llmkeys test CA"],
+        ["openssl", "req", *new_ec_key, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", ext],
+    ]  # fmt: skip
+    for command in commands:
+        subprocess.run([str(part) for part in command], check=True, capture_output=True)
+    return TlsFiles(ca_cert, cert, key)
+
+
+class RedisServer:
+    """One redis-server process; `url` stays valid across `restart()`. Optionally with a password
+    (`requirepass`) and TLS only (no plain port)."""
+
+    def __init__(
+        self, port: int | None = None, *, password: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is required: run `make setup` (scripts/ensure-redis.sh)")
         self.binary = binary
         self.port = port or free_port()
+        self.password = password
+        self.tls = tls
         self.workdir = tempfile.TemporaryDirectory(prefix="llmkeys-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            query = urllib.parse.urlencode({"ssl_ca_certs": str(self.tls.ca_cert)})
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?{query}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _server_args(self) -> list[str]:
+        args = ["--bind", "127.0.0.1", "--unixsocket", "", "--save", "", "--appendonly", "no"]
+        args += ["--dir", self.workdir.name, "--protected-mode", "yes", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls is None:
+            return [*args, "--port", str(self.port)]
+        return [
+            *args, "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.server_cert), "--tls-key-file", str(self.tls.server_key),
+            "--tls-ca-cert-file", str(self.tls.ca_cert), "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--unixsocket", "",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.workdir.name,
-                "--protected-mode", "yes",
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [self.binary, *self._server_args()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -64,10 +104,15 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
 
     def _answers(self) -> bool:
+        """Any RESP reply to PING (a password-protected server answers -NOAUTH: it is up)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
+                if self.tls is not None:
+                    context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16)[:1] in (b"+", b"-")
         except OSError:
             return False
 
@@ -96,6 +141,8 @@ class RedisServer:
             self.workdir.cleanup()
 
     def flushall(self) -> None:
+        """Empty it (plain TCP without password only: the session server)."""
+        assert self.tls is None and not self.password
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
             sock.sendall(b"FLUSHALL\r\n")
             reply = sock.recv(16)

@@ -103,16 +103,20 @@ class RedisLimiter(base.Limiter):
         self._prefix = prefix
         self._operation_timeout_s = operation_timeout_s
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=operation_timeout_s,  # waiting for a free connection counts against the budget
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            retry=redis_retry.Retry(
-                redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
-            ),
-        )
+        try:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=operation_timeout_s,  # waiting for a free connection counts against the budget
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=connect_timeout_s,
+                retry=redis_retry.Retry(
+                    redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
+                ),
+            )
+        except ValueError:
+            # The parser's message can quote parts of the URL, password included.
+            raise ValueError("invalid Redis URL (expected redis://, rediss:// or unix://)") from None
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
 
     # -- key layout --------------------------------------------------------------------------------
