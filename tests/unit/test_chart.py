@@ -621,3 +621,35 @@ def test_crd_switches_install_keep_and_skip(chart_with_sample_crd: helm.Chart) -
     crd = one(render(chart, {"crds": {"keep": False}}), "CustomResourceDefinition", "samples.llmkeys.io")
     assert "annotations" not in crd["metadata"]
     assert find(render(chart, {"crds": {"enabled": False}}), "CustomResourceDefinition") == []
+
+
+# ------------------------------------------------------------------------------- install action
+
+
+def test_helm_install_action_accepts_the_chart_offline(tmp_path: pathlib.Path) -> None:
+    """Helm's own install path (client dry run: kubeVersion check, schema, ordering) without a cluster."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                # Nothing listens there: a client dry run must not need the API server.
+                "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "none", "user": {"token": "unused"}}],
+                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+                "current-context": "none",
+            }
+        )
+    )
+    with helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE) as config:
+        release = config.install(CHART_DIR, RELEASE, ALL_ON, dry_run="client", namespace=NAMESPACE)
+    assert release["name"] == RELEASE and release["namespace"] == NAMESPACE
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(release["manifest"]) if doc}
+    assert {
+        "Deployment",
+        "CustomResourceDefinition",
+        "ClusterKopfPeering",
+        "HorizontalPodAutoscaler",
+    } <= kinds
+    assert "Proxy URL written into key Secrets" in release["notes"]
