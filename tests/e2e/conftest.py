@@ -30,6 +30,9 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     # Constructed only here, past the skip: it creates .pytest-kind/ in the working directory.
     cluster = pytest_kind.KindCluster(
         request.config.getoption("cluster_name"),
+        kubeconfig=pathlib.Path(kubeconfig)
+        if (kubeconfig := request.config.getoption("kubeconfig"))
+        else None,
         kind_path=pathlib.Path(str(kind_bin)),
         kubectl_path=pathlib.Path(str(kubectl_bin)),
         image=request.config.getoption("kind_image"),
