@@ -180,4 +180,5 @@ def _cel_errors(data: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
             yield f'{path}: Invalid value: "object": internal error: {exc} evaluating rule: {rule["rule"]}'
             continue
         if holds is not True:
-            yield f'{path}: Invalid value: "{_json_type(data)}": {rule["message"]}'
+            # The apiserver names the root `<nil>` (a rule on the whole object).
+            yield f'{path or "<nil>"}: Invalid value: "{_json_type(data)}": {rule["message"]}'

@@ -645,6 +645,13 @@ class VirtualKey(ApiModel):
     """A governed virtual LLM API key."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    cel_rules = (
+        CelRule(
+            rule="size(self.metadata.name) <= 63",
+            message="VirtualKey names are at most 63 characters: the name labels the key Secret",
+            holds=lambda s: len(s.metadata.name) <= 63,
+        ),
+    )
 
     api_version: Literal["llmkeys.io/v1alpha1"] = API_VERSION
     kind: Literal["VirtualKey"] = "VirtualKey"

@@ -165,7 +165,7 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
 def resource_schema(kind: str) -> dict[str, Any]:
     """The openAPIV3Schema of one kind: apiVersion, kind, metadata, spec and status."""
     _, _, _, resource, spec, status, _ = _KINDS[kind]
-    return {
+    schema: dict[str, Any] = {
         "description": (resource.__doc__ or kind).strip(),
         "type": "object",
         "required": ["spec"],
@@ -183,6 +183,10 @@ def resource_schema(kind: str) -> dict[str, Any]:
             "status": model_schema(status),
         },
     }
+    rules = getattr(resource, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": r.rule, "message": r.message} for r in rules]
+    return schema
 
 
 def render_crd(kind: str) -> dict[str, Any]:

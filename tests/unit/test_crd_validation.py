@@ -164,6 +164,17 @@ def test_cel_rules_refuse_with_their_message(manifest: dict[str, Any], path: str
     assert message in str(raised.value)
 
 
+def test_virtualkey_name_must_fit_a_label_value() -> None:
+    manifest = copy.deepcopy(KEY)
+    manifest["metadata"]["name"] = "k" * 64
+    message = "VirtualKey names are at most 63 characters: the name labels the key Secret"
+    assert crd_validation.apply_error(manifest, SCHEMAS) == (
+        f'The VirtualKey "{"k" * 64}" is invalid: <nil>: Invalid value: "object": {message}'
+    )
+    with pytest.raises(pydantic.ValidationError, match=message):
+        api.VirtualKey.model_validate(manifest)
+
+
 def test_mock_needs_no_secret() -> None:
     manifest = _with(CREDENTIAL, provider="mock", secretRef=None)
     assert crd_validation.apply_error(manifest, SCHEMAS) is None
