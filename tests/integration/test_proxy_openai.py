@@ -26,10 +26,11 @@ async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
         yield upstream, url
 
 
+Setup = tuple[proxy_harness.RunningProxy, proxy_harness.IssuedKey, openai_server.FakeOpenAI]
+
+
 @pytest.fixture
-async def setup(
-    fake: tuple[openai_server.FakeOpenAI, str],
-) -> AsyncIterator[tuple[proxy_harness.RunningProxy, proxy_harness.IssuedKey, openai_server.FakeOpenAI]]:
+async def setup(fake: tuple[openai_server.FakeOpenAI, str]) -> AsyncIterator[Setup]:
     upstream, url = fake
     key = proxy_harness.issue_key(limits=config.Limits(requests_per_minute=100, tokens_per_minute=100_000))
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
@@ -53,7 +54,7 @@ async def usage_of(proxy: proxy_harness.RunningProxy, key: proxy_harness.IssuedK
     return snapshot.month.requests, snapshot.month.input_tokens, snapshot.month.output_tokens
 
 
-async def test_sync_client_chat_real_credential_upstream_never_the_virtual_key(setup) -> None:  # type: ignore[no-untyped-def]
+async def test_sync_client_chat_real_credential_upstream_never_the_virtual_key(setup: Setup) -> None:
     proxy, key, upstream = setup
 
     def call() -> openai.types.chat.ChatCompletion:
@@ -88,7 +89,7 @@ async def test_sync_client_chat_real_credential_upstream_never_the_virtual_key(s
     assert await usage_of(proxy, key) == (1, 5 + 7, len(openai_server.REPLY_WORDS))
 
 
-async def test_async_streaming_injects_and_hides_the_usage_chunk(setup) -> None:  # type: ignore[no-untyped-def]
+async def test_async_streaming_injects_and_hides_the_usage_chunk(setup: Setup) -> None:
     proxy, key, upstream = setup
     async with openai.AsyncOpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
         stream = await client.chat.completions.create(
@@ -104,8 +105,8 @@ async def test_async_streaming_injects_and_hides_the_usage_chunk(setup) -> None:
     assert await usage_of(proxy, key) == (1, 3 + 7, len(openai_server.REPLY_WORDS))
 
 
-async def test_streaming_client_that_asks_for_usage_gets_it(setup) -> None:  # type: ignore[no-untyped-def]
-    proxy, key, upstream = setup
+async def test_streaming_client_that_asks_for_usage_gets_it(setup: Setup) -> None:
+    proxy, key, _upstream = setup
     async with openai.AsyncOpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
         stream = await client.chat.completions.create(
             model="gpt-4o",
@@ -120,8 +121,8 @@ async def test_streaming_client_that_asks_for_usage_gets_it(setup) -> None:  # t
     assert await usage_of(proxy, key) == (1, 9, 3)
 
 
-async def test_sync_streaming_and_legacy_completions(setup) -> None:  # type: ignore[no-untyped-def]
-    proxy, key, upstream = setup
+async def test_sync_streaming_and_legacy_completions(setup: Setup) -> None:
+    proxy, key, _upstream = setup
 
     def call() -> tuple[str, str]:
         with openai.OpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
@@ -141,7 +142,7 @@ async def test_sync_streaming_and_legacy_completions(setup) -> None:  # type: ig
     assert await usage_of(proxy, key) == (2, 2 * (3 + 7), len(openai_server.REPLY_WORDS) + 2)
 
 
-async def test_embeddings_float_and_base64(setup) -> None:  # type: ignore[no-untyped-def]
+async def test_embeddings_float_and_base64(setup: Setup) -> None:
     proxy, key, upstream = setup
     async with openai.AsyncOpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
         b64 = await client.embeddings.create(model="text-embedding-3-small", input=["alpha beta", "gamma"])
@@ -156,7 +157,7 @@ async def test_embeddings_float_and_base64(setup) -> None:  # type: ignore[no-un
     assert await usage_of(proxy, key) == (2, (3 + 7) + (1 + 7), 0)
 
 
-async def test_responses_api_whole_and_streamed(setup) -> None:  # type: ignore[no-untyped-def]
+async def test_responses_api_whole_and_streamed(setup: Setup) -> None:
     proxy, key, upstream = setup
     async with openai.AsyncOpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
         whole = await client.responses.create(model="gpt-4o", input="tell me four words", max_output_tokens=4)
@@ -193,9 +194,10 @@ async def test_models_lists_only_what_the_key_may_use(fake: tuple[openai_server.
         ),
     )
     cfg = proxy_harness.proxy_config([narrow], [provider, other])
-    async with proxy_harness.run_proxy(sources.StaticSource(cfg)) as proxy, openai.AsyncOpenAI(
-        api_key=narrow.key, base_url=proxy.url + "/v1", max_retries=0
-    ) as client:
+    async with (
+        proxy_harness.run_proxy(sources.StaticSource(cfg)) as proxy,
+        openai.AsyncOpenAI(api_key=narrow.key, base_url=proxy.url + "/v1", max_retries=0) as client,
+    ):
         listed = [m.id async for m in client.models.list()]
         one = await client.models.retrieve("gpt-4o-mini")
         with pytest.raises(openai.NotFoundError):
@@ -205,7 +207,7 @@ async def test_models_lists_only_what_the_key_may_use(fake: tuple[openai_server.
     assert one.id == "gpt-4o-mini" and one.owned_by == "openai"
 
 
-async def test_audit_line_and_metrics_hold_no_secrets(setup, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_audit_line_and_metrics_hold_no_secrets(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
     proxy, key, upstream = setup
     caplog.set_level(logging.INFO, logger="llmkeys.audit")
     async with openai.AsyncOpenAI(api_key=key.key, base_url=proxy.url + "/v1", max_retries=0) as client:
@@ -229,16 +231,15 @@ async def test_audit_line_and_metrics_hold_no_secrets(setup, caplog: pytest.LogC
         assert forbidden not in lines[0]
     async with httpx.AsyncClient() as http:
         text = (await http.get(proxy.url + "/metrics")).text
-    assert (
-        f'llmkeys_requests_total{{code="ok",key_id="{key.key_id}",model="gpt-4o-mini",namespace="team-a",provider="llmkeys/openai"}} 1.0'
-        in text
-    )
+    labels = f'code="ok",key_id="{key.key_id}",model="gpt-4o-mini",namespace="team-a",'
+    labels += 'provider="llmkeys/openai"'
+    assert f"llmkeys_requests_total{{{labels}}} 1.0" in text
     assert 'kind="output"' in text
     assert key.key.rsplit("-", 1)[1] not in text and upstream.api_key not in text
 
 
-async def test_health_and_readiness(setup) -> None:  # type: ignore[no-untyped-def]
-    proxy, key, upstream = setup
+async def test_health_and_readiness(setup: Setup) -> None:
+    proxy, _key, _upstream = setup
     async with httpx.AsyncClient() as http:
         assert (await http.get(proxy.url + "/healthz")).status_code == 200
         ready = await http.get(proxy.url + "/readyz")
