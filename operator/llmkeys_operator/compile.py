@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Literal
@@ -507,11 +509,20 @@ def _model_allowlists(
     return tuple(sorted(lists)) or (("*",),)
 
 
-def _model_allowed(model: str, allowlists: Iterable[tuple[str, ...]], denied: Iterable[str]) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled regex for "matches any of these globs" (fnmatchcase semantics)."""
+    if not globs:
+        return lambda _name: False
+    pattern = re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+    return lambda name: pattern.match(name) is not None
+
+
+def _model_allowed(model: str, allowlists: tuple[tuple[str, ...], ...], denied: tuple[str, ...]) -> bool:
     # Same semantics as config.KeyEntry.model_allowed (globs compared as the proxy compares names).
-    if any(fnmatch.fnmatchcase(model, glob) for glob in denied):
+    if _glob_matcher(denied)(model):
         return False
-    return all(any(fnmatch.fnmatchcase(model, glob) for glob in allowlist) for allowlist in allowlists)
+    return all(_glob_matcher(allowlist)(model) for allowlist in allowlists)
 
 
 def _effective_models(
@@ -523,12 +534,19 @@ def _effective_models(
     matches it as a literal, which lists `gpt-5*` for a key asking `gpt-5*` under a policy
     allowing `gpt-*`, and lists concrete names the credentials serve.
     """
-    routes = [route.name for entry in usable for route in entry.models]
+    routes = tuple(sorted({route.name for entry in usable for route in entry.models}))
+    return list(_served_and_allowed(routes, allowlists, denied))
+
+
+@functools.lru_cache(maxsize=1024)
+def _served_and_allowed(
+    routes: tuple[str, ...], allowlists: tuple[tuple[str, ...], ...], denied: tuple[str, ...]
+) -> tuple[str, ...]:
+    # Cached: keys sharing credentials and policies (most of them) share the answer.
+    served = _glob_matcher(routes)
     candidates = set(routes) | {glob for allowlist in allowlists for glob in allowlist}
-    return sorted(
-        name
-        for name in candidates
-        if _model_allowed(name, allowlists, denied) and any(fnmatch.fnmatchcase(name, r) for r in routes)
+    return tuple(
+        sorted(name for name in candidates if served(name) and _model_allowed(name, allowlists, denied))
     )
 
 
