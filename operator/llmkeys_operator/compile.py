@@ -134,9 +134,13 @@ def compile_proxy_config(
     """
     providers: list[config.ProviderEntry] = []
     credential_outcomes: dict[tuple[str, str], CredentialOutcome] = {}
-    for credential in sorted(credentials, key=_credential_ref):
+
+    def credential_ref(credential: api.ProviderCredential) -> tuple[str, str]:
+        return (credential.metadata.namespace or gateway_namespace, credential.metadata.name)
+
+    for credential in sorted(credentials, key=credential_ref):
         entry, credential_outcome = _compile_credential(credential, secrets, gateway_namespace)
-        credential_outcomes[_credential_ref(credential)] = credential_outcome
+        credential_outcomes[credential_ref(credential)] = credential_outcome
         if entry is not None:
             providers.append(entry)
 
@@ -182,10 +186,6 @@ def compile_proxy_config(
 
 
 # ------------------------------------------------------------------------------------ credentials
-
-
-def _credential_ref(credential: api.ProviderCredential) -> tuple[str, str]:
-    return (credential.metadata.namespace or "", credential.metadata.name)
 
 
 def _compile_credential(

@@ -174,7 +174,8 @@ def test_standalone_set_compiles_with_only_the_intended_failures() -> None:
     assert by_name["ci-job"].limits.requests_per_minute == 5
     assert by_name["suspended"].suspended
     (provider,) = result.config.providers
-    assert provider.provider == "mock"
+    assert provider.provider == "mock" and provider.id == f"{GATEWAY}/mock"
+    assert result.credentials[(GATEWAY, "mock")].ready  # no namespace: taken as the gateway's
     assert {route.name for route in provider.models} == {
         "gpt-5.4-mini",
         "gpt-6-luna",
