@@ -162,12 +162,16 @@ async def _list_models(request: web.Request) -> web.Response:
             "model_not_found", f"The model '{wanted}' does not exist or this key may not use it."
         )
     except errors.ProxyError as error:
-        return errors.error_response("openai", error)
+        response = errors.error_response("openai", error)
+        response.headers["x-request-id"] = pipeline.request_id_of(request.headers)
+        return response
 
 
 async def _not_found(request: web.Request) -> web.Response:
     error = errors.ProxyError("not_found", f"No route {request.method} {request.path} on this proxy.")
-    return errors.error_response("openai", error)
+    response = errors.error_response("openai", error)
+    response.headers["x-request-id"] = pipeline.request_id_of(request.headers)
+    return response
 
 
 def _dumps(value: object) -> str:
