@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests import redis_server
+from tests.kmock_cluster import cluster_client, kube_cluster, operator_threads  # noqa: F401  (fixtures)
 
 # -- Redis (limits) ---------------------------------------------------------------------------------
 

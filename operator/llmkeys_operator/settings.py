@@ -1,0 +1,103 @@
+"""Frozen runtime settings of the operator, read from `LLMKEYS_*` environment variables (runner.py).
+
+Every setting has one env name, shared with the Helm chart and the proxy (`LLMKEYS_NAMESPACE`,
+`LLMKEYS_REDIS_URL`, ...). Secrets (the Redis URL may carry a password) are kept out of `repr`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+ENV_PREFIX = "LLMKEYS_"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """What one operator process needs to know; build with `from_env` or directly (tests)."""
+
+    #: Gateway namespace: ProviderCredentials are honoured here and config Secrets written here.
+    namespace: str = "llmkeys"
+    #: Namespaces whose VirtualKeys are served; empty means cluster-wide.
+    watch_namespaces: tuple[str, ...] = ()
+    #: Base URL of the proxy Service, written into every key Secret (OPENAI_BASE_URL=<this>/v1, ...).
+    proxy_url: str = "http://llmkeys-proxy.llmkeys.svc:8080"
+    #: redis:// or rediss:// of the limiter; empty disables usage sync.
+    redis_url: str = dataclasses.field(default="", repr=False)
+    #: Overrides the password of `redis_url` when set.
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
+    #: How often usage counters are read from Redis into `status.usage`.
+    usage_sync_interval_s: float = 30.0
+    #: Port of kopf's liveness endpoint (/healthz); 0 disables it.
+    liveness_port: int = 8081
+    log_level: str = "INFO"
+    #: Run kopf only while holding a Lease, so several replicas are safe (one leads, others wait).
+    leader_election: bool = True
+    #: Name of the Lease (in the gateway namespace).
+    lease_name: str = "llmkeys-operator"
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    #: Quiet time before a burst of changes is compiled into one config write.
+    compile_debounce_s: float = 0.15
+    #: Lower bound between two Kubernetes Events of the same reason on the same object.
+    event_min_interval_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> OperatorSettings:
+        """Settings from `LLMKEYS_*` variables; explicit `overrides` (command line) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(field.name, str(field.type), raw)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.namespace:
+            raise ValueError("LLMKEYS_NAMESPACE must name the gateway namespace")
+        if not self.proxy_url.startswith(("http://", "https://")):
+            raise ValueError("LLMKEYS_PROXY_URL must be an http:// or https:// URL")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            # Never echo the URL: it may hold a password.
+            raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
+        if not 0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError("leader election needs 0 < retry period < renew deadline < lease duration")
+        if self.usage_sync_interval_s <= 0:
+            raise ValueError("LLMKEYS_USAGE_SYNC_INTERVAL_S must be positive")
+
+    @property
+    def served_namespaces(self) -> list[str]:
+        """Namespaces kopf watches: the key namespaces plus the gateway namespace; [] = cluster-wide."""
+        if not self.watch_namespaces:
+            return []
+        return sorted({*self.watch_namespaces, self.namespace})
+
+
+def _convert(name: str, kind: str, raw: str) -> object:
+    try:
+        if kind == "int" or kind == "int | None":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false")
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "log_level":
+        return raw.upper()
+    if name == "proxy_url":
+        return raw.rstrip("/")
+    return raw

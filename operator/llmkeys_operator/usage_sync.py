@@ -1,0 +1,241 @@
+"""Usage sync: limiter counters (Redis) -> `VirtualKey.status.usage` and `LLMPolicy.status.pools`.
+
+Run by the operator (`runner`, only on the elected leader) every `usage_sync_interval_s`: one
+pipelined `read_usage` per chunk of keys and pools, then a status patch only where the usage
+changed (a bounded write rate). When the counters read lower than the status already showed for
+the same period, Redis lost them (restarted without persistence): the counters are re-seeded from
+the status instead of writing the lower numbers back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from llmkeys_operator import api, compile, kube, reconcile
+from llmkeys_proxy import config
+from llmkeys_proxy.limits import base
+
+logger = logging.getLogger("llmkeys.operator.usage")
+
+#: Keys and pools read per pipelined call.
+CHUNK = 500
+
+
+def limiter_url(url: str, password: str | None) -> str:
+    """The Redis URL with `password` (LLMKEYS_REDIS_PASSWORD) put in, when given."""
+    if not password:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def open_limiter(url: str, password: str | None) -> base.Limiter:
+    from llmkeys_proxy.limits import redis as redis_limits  # imported only when usage sync is on
+
+    return redis_limits.RedisLimiter(limiter_url(url, password))
+
+
+def period_start(period: str) -> datetime:
+    """`YYYY-MM` or `YYYY-MM-DD` -> the UTC instant it starts."""
+    if len(period) == 7:
+        return datetime.strptime(period + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
+    return datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=UTC)
+
+
+def _usage(period: base.PeriodUsage) -> api.Usage:
+    return api.Usage(
+        period_start=period_start(period.period),
+        requests=period.requests,
+        input_tokens=period.input_tokens + period.seeded_tokens,
+        cached_input_tokens=period.cached_input_tokens,
+        output_tokens=period.output_tokens,
+        spend_usd=str(compile.micro_to_usd(period.micro_usd)),
+        last_used_at=period.last_used_at,
+    )
+
+
+def usage_status(snapshot: base.UsageSnapshot) -> dict[str, Any]:
+    """`status.usage` as JSON for a key's usage snapshot."""
+    usage = api.UsageByPeriod(day=_usage(snapshot.day), month=_usage(snapshot.month))
+    dumped: dict[str, Any] = usage.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
+
+
+def pool_usage(pool: config.PoolEntry, snapshot: base.UsageSnapshot) -> dict[str, Any]:
+    """One entry of `LLMPolicy.status.pools`."""
+    month = snapshot.month
+    usage = api.PoolUsage(
+        budget=pool.budget,
+        group=pool.group_value,
+        period_start=period_start(month.period),
+        spend_usd=str(compile.micro_to_usd(month.micro_usd)),
+        tokens=month.total_tokens,
+        cap_usd=(
+            str(compile.micro_to_usd(pool.spend_per_month_micro_usd))
+            if pool.spend_per_month_micro_usd is not None
+            else None
+        ),
+    )
+    dumped: dict[str, Any] = usage.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
+
+
+def _same_period(shown: Mapping[str, Any], period: str) -> bool:
+    start = shown.get("periodStart")
+    if not isinstance(start, str):
+        return False
+    try:
+        return datetime.fromisoformat(start.replace("Z", "+00:00")) == period_start(period)
+    except ValueError:
+        return False
+
+
+def _shown(status_usage: Mapping[str, Any] | None, which: str, period: str, field: str) -> int:
+    """A counter the status shows for `which` (day/month) when it covers `period`, else 0."""
+    usage = (status_usage or {}).get(which) or {}
+    value = usage.get(field)
+    return value if _same_period(usage, period) and isinstance(value, int) else 0
+
+
+def counters_lost(status_usage: Mapping[str, Any] | None, snapshot: base.UsageSnapshot) -> bool:
+    """True when the limiter shows fewer requests than the status already reported for the same
+    period: within a period counters only grow, so Redis lost them."""
+    return _shown(status_usage, "month", snapshot.month.period, "requests") > snapshot.month.requests or (
+        _shown(status_usage, "day", snapshot.day.period, "requests") > snapshot.day.requests
+    )
+
+
+def pool_counters_lost(
+    shown: list[Mapping[str, Any]], pool: config.PoolEntry, snapshot: base.UsageSnapshot
+) -> bool:
+    for entry in shown:
+        if entry.get("budget") == pool.budget and entry.get("group") == pool.group_value:
+            tokens = entry.get("tokens")
+            if _same_period(entry, snapshot.month.period) and isinstance(tokens, int):
+                return tokens > snapshot.month.total_tokens
+    return False
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclasses.dataclass
+class SyncReport:
+    keys_read: int = 0
+    keys_patched: int = 0
+    policies_patched: int = 0
+    seeded: int = 0
+
+
+async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now: datetime) -> SyncReport:
+    """One pass over every issued key and every pool (see module docstring)."""
+    report = SyncReport()
+    result = ctx.last_result
+    if ctx.indexes is None or result is None:
+        return report
+    entries = {(k.namespace, k.name): k for k in result.config.keys}
+    pools = {pool.id: pool for pool in result.config.pools}
+    key_ids = sorted({entry.key_id for entry in entries.values()})
+    snapshots: dict[str, base.UsageSnapshot] = {}
+    pool_ids = sorted(pools)
+    for start in range(0, max(len(key_ids), len(pool_ids)), CHUNK):
+        snapshots.update(
+            await limiter.read_usage(key_ids[start : start + CHUNK], pool_ids[start : start + CHUNK], now)
+        )
+    report.keys_read = len(key_ids)
+
+    seeds: list[base.SeedTarget] = []
+    for ref, entry in entries.items():
+        indexed = ctx.virtual_key(ref)
+        snapshot = snapshots.get(entry.key_id)
+        if indexed is None or indexed.deleting or snapshot is None:
+            continue
+        current = indexed.raw_status.get("usage")
+        if counters_lost(current, snapshot):
+            seeds.append(
+                base.SeedTarget(scope_id=entry.key_id, month=entry.month_usage_seed, day=entry.day_usage_seed)
+            )
+            continue
+        if current is None and snapshot.month.requests == 0 and snapshot.day.requests == 0:
+            continue  # never used: no need to write zeros into every key
+        desired = usage_status(snapshot)
+        if current is not None and _canonical(current) == _canonical(desired):
+            continue
+        key_patch: dict[str, Any] = {"status": {"usage": desired}}
+        if (
+            await ctx.kube.patch(kube.VIRTUALKEYS, ref[0], ref[1], key_patch, subresource="status")
+            is not None
+        ):
+            report.keys_patched += 1
+
+    for name, outcome in sorted(result.policies.items()):
+        if not outcome.pools or name not in ctx.indexes.policies:
+            continue
+        policy: api.LLMPolicy | None = next(iter(ctx.indexes.policies[name]), None)
+        if policy is None:
+            continue
+        shown_status = (
+            policy.status.model_dump(mode="json", by_alias=True, exclude_none=True) if policy.status else {}
+        )
+        shown = shown_status.get("pools") or []
+        desired_pools = []
+        for pool_id in outcome.pools:
+            pool, snapshot = pools.get(pool_id), snapshots.get(pool_id)
+            if pool is None or snapshot is None:
+                continue
+            if pool_counters_lost(shown, pool, snapshot):
+                seeds.append(base.SeedTarget(scope_id=pool_id, is_pool=True, month=pool.month_usage_seed))
+            desired_pools.append(pool_usage(pool, snapshot))
+        if any(seed.is_pool for seed in seeds) or _canonical(shown) == _canonical(desired_pools):
+            continue
+        patch: dict[str, Any] = {"status": {"pools": desired_pools}}
+        if await ctx.kube.patch(kube.LLMPOLICIES, None, name, patch, subresource="status") is not None:
+            report.policies_patched += 1
+
+    if seeds:
+        report.seeded = await limiter.seed_usage(seeds, now)
+        logger.warning(
+            "usage counters were lost for %d key(s)/pool(s); re-seeded %d from status",
+            len(seeds),
+            report.seeded,
+        )
+    return report
+
+
+async def run_usage_sync(ctx: reconcile.ReconcileContext, limiter: base.Limiter, interval_s: float) -> None:
+    """Sync every `interval_s` for the operator's lifetime; limiter outages are logged once."""
+    failing = False
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            report = await sync_usage(ctx, limiter, datetime.now(UTC))
+        except asyncio.CancelledError:
+            raise
+        except base.LimiterUnavailable as exc:
+            if not failing:
+                logger.warning("cannot read usage counters (%s); status.usage is left as it was", exc)
+            failing = True
+            continue
+        except Exception:
+            logger.exception("usage sync failed; retrying next interval")
+            continue
+        if failing:
+            logger.info("usage counters readable again")
+        failing = False
+        if report.keys_patched or report.policies_patched:
+            logger.debug("usage sync: %s", report)
