@@ -6,9 +6,9 @@ import base64
 import json
 from typing import Any
 
-from llmkeys_proxy import config, keys
-
 from tests import kmock_cluster as kc
+
+from llmkeys_proxy import config, keys
 
 NS = "team-a"
 
