@@ -1,0 +1,434 @@
+"""Standalone mode (`llmkeys serve`): a folder of manifests -> compiled config -> the proxy, no cluster.
+
+The same manifests a GitOps repo holds (VirtualKey, LLMPolicy, ProviderCredential, Secret) are
+compiled by the same `compile.compile_proxy_config` the operator runs. Keys are issued once and kept
+in a local state dir that mirrors what the operator puts into a key Secret:
+`<state-dir>/keys/<namespace>/<name>.env` (mode 0600) with `OPENAI_API_KEY=...`, `OPENAI_BASE_URL=...`
+and the other SDK variables. Several `serve` processes sharing one state dir (say, behind one
+Redis) keep the same keys: issuing happens under an exclusive file lock and never overwrites a key.
+The compiled config goes to `<state-dir>/config/` (the proxy's `DirectorySource` layout) and is
+rewritten whenever a manifest changes, so edits take effect within about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import pathlib
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+import yaml
+
+from llmkeys_operator import api, compile, keysecret
+from llmkeys_proxy import config, keys, sources
+
+logger = logging.getLogger("llmkeys.standalone")
+
+#: Namespace of manifests that name none, and the gateway namespace of standalone mode.
+DEFAULT_NAMESPACE = compile.DEFAULT_NAMESPACE
+_ISSUED_AT_PREFIX = "# issued-at: "
+_MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# --------------------------------------------------------------------------------- manifests
+
+
+@dataclasses.dataclass
+class Manifests:
+    """What a manifests folder holds, parsed; `problems` says what was skipped and why."""
+
+    virtual_keys: list[api.VirtualKey] = dataclasses.field(default_factory=list)
+    policies: list[api.LLMPolicy] = dataclasses.field(default_factory=list)
+    credentials: list[api.ProviderCredential] = dataclasses.field(default_factory=list)
+    secrets: dict[tuple[str, str], dict[str, str]] = dataclasses.field(default_factory=dict)
+    namespace_labels: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+_KINDS: dict[str, type[api.VirtualKey] | type[api.LLMPolicy] | type[api.ProviderCredential]] = {
+    "VirtualKey": api.VirtualKey,
+    "LLMPolicy": api.LLMPolicy,
+    "ProviderCredential": api.ProviderCredential,
+}
+
+
+def manifest_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Every manifest file below `directory`, sorted (kustomization files are not manifests)."""
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file()
+        and path.suffix in _MANIFEST_SUFFIXES
+        and not path.name.startswith((".", "kustomization"))
+    )
+
+
+def load_manifests(directory: pathlib.Path) -> Manifests:
+    """Parse every document of every manifest file; invalid documents are reported, not fatal."""
+    result = Manifests()
+    for path in manifest_files(directory):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            result.problems.append(f"{path}: not valid YAML: {exc}")
+            continue
+        for index, document in enumerate(documents):
+            if document is None:
+                continue
+            _add_document(result, path, index, document)
+    return result
+
+
+def _add_document(result: Manifests, path: pathlib.Path, index: int, document: Any) -> None:
+    where = f"{path} (document {index + 1})"
+    if not isinstance(document, dict):
+        result.problems.append(f"{where}: not a Kubernetes object")
+        return
+    kind = document.get("kind")
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name", "?") if isinstance(metadata, dict) else "?"
+    if kind == "Secret":
+        _add_secret(result, where, document)
+        return
+    if kind == "Namespace":
+        if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+            result.namespace_labels[metadata["name"]] = dict(metadata.get("labels") or {})
+        return
+    model = _KINDS.get(str(kind))
+    if model is None:
+        return  # Deployments, kustomizations and the like belong to the cluster, not to us
+    body = dict(document)
+    if model is not api.LLMPolicy:
+        body["metadata"] = {"namespace": DEFAULT_NAMESPACE, **metadata}
+    try:
+        parsed = model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        result.problems.append(f"{where}: {kind} {name!r} is invalid: {_first_errors(exc)}")
+        return
+    if isinstance(parsed, api.VirtualKey):
+        result.virtual_keys.append(parsed)
+    elif isinstance(parsed, api.LLMPolicy):
+        result.policies.append(parsed)
+    else:
+        result.credentials.append(parsed)
+
+
+def _add_secret(result: Manifests, where: str, document: Mapping[str, Any]) -> None:
+    import base64
+    import binascii
+
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name")
+    if not isinstance(name, str):
+        result.problems.append(f"{where}: Secret without metadata.name")
+        return
+    namespace = str(metadata.get("namespace") or DEFAULT_NAMESPACE)
+    data: dict[str, str] = {}
+    for key, value in (document.get("data") or {}).items():
+        try:
+            data[str(key)] = base64.b64decode(str(value), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            # Never echo the value: it is a credential.
+            result.problems.append(f"{where}: Secret {name!r} key {key!r} is not valid base64 UTF-8")
+    for key, value in (document.get("stringData") or {}).items():
+        data[str(key)] = str(value)
+    result.secrets[(namespace, name)] = data
+
+
+def _first_errors(exc: pydantic.ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors()[:limit]:
+        location = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{location}: {error['msg']}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------------- state dir
+
+
+class StateDir:
+    """Keys issued in standalone mode, stored like the operator's key Secrets (env files, 0600)."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.keys_dir = root / "keys"
+        self.config_dir = root / "config"
+
+    def prepare(self) -> None:
+        for directory in (self.root, self.keys_dir, self.config_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+
+    def env_path(self, namespace: str, name: str) -> pathlib.Path:
+        return self.keys_dir / namespace / f"{name}.env"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock across processes sharing this state dir."""
+        with open(self.root / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def read_key(self, namespace: str, name: str) -> tuple[str, datetime] | None:
+        """The stored key and its issue time, or None when none was issued (or the file is damaged)."""
+        path = self.env_path(namespace, name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        key: str | None = None
+        issued_at: datetime | None = None
+        for line in text.splitlines():
+            if line.startswith(_ISSUED_AT_PREFIX):
+                with contextlib.suppress(ValueError):
+                    issued_at = datetime.fromisoformat(line[len(_ISSUED_AT_PREFIX) :].strip())
+            elif line.startswith("LLMKEYS_API_KEY="):
+                key = line.split("=", 1)[1].strip()
+        if key is None or keys.parse_key(key) is None:
+            logger.warning("state file %s holds no valid key; issuing a new one", path)
+            return None
+        return key, issued_at or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+    def write_key(self, namespace: str, name: str, key: str, issued_at: datetime, proxy_url: str) -> None:
+        path = self.env_path(namespace, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        entries = keysecret.env_entries(key, proxy_url)
+        lines = [
+            f"# llmkeys virtual key for VirtualKey {namespace}/{name} (standalone mode). Keep it secret.",
+            f"{_ISSUED_AT_PREFIX}{issued_at.isoformat()}",
+        ]
+        lines += [f"{env}={value}" for env, value in entries.items() if env != keysecret.API_KEY]
+        tmp = path.with_suffix(".env.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+
+    def ensure_keys(
+        self, virtual_keys: list[api.VirtualKey], proxy_url: str, now: datetime
+    ) -> tuple[dict[tuple[str, str], compile.IssuedKey], list[tuple[str, str]]]:
+        """Issue a key for every VirtualKey that has none yet; return all issued keys and the new ones.
+        Existing keys are rewritten only to refresh the proxy URL, never replaced."""
+        issued: dict[tuple[str, str], compile.IssuedKey] = {}
+        created: list[tuple[str, str]] = []
+        with self.locked():
+            for vk in virtual_keys:
+                namespace = vk.metadata.namespace or DEFAULT_NAMESPACE
+                name = vk.metadata.name
+                stored = self.read_key(namespace, name)
+                if stored is None:
+                    material = keysecret.issue(now)
+                    key, issued_at = material.key, material.issued_at
+                    self.write_key(namespace, name, key, issued_at, proxy_url)
+                    created.append((namespace, name))
+                else:
+                    key, issued_at = stored
+                    if self._stored_url(namespace, name) != proxy_url:
+                        self.write_key(namespace, name, key, issued_at, proxy_url)
+                parsed = keys.parse_key(key)
+                assert parsed is not None  # read_key and issue only return valid keys
+                issued[(namespace, name)] = compile.IssuedKey(
+                    key_id=parsed.key_id,
+                    hashes=(config.SecretHash(sha256=keys.hash_secret(parsed.secret)),),
+                    issued_at=issued_at,
+                )
+        return issued, created
+
+    def _stored_url(self, namespace: str, name: str) -> str | None:
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.env_path(namespace, name).read_text(encoding="utf-8").splitlines():
+                if line.startswith("LLMKEYS_BASE_URL="):
+                    return line.split("=", 1)[1].strip()
+        return None
+
+
+# ---------------------------------------------------------------------------------- compiling
+
+
+@dataclasses.dataclass
+class CompiledState:
+    """One compilation of the manifests folder."""
+
+    manifests: Manifests
+    result: compile.CompileResult
+    created: list[tuple[str, str]]
+
+
+def compile_folder(
+    manifests_dir: pathlib.Path, state: StateDir, proxy_url: str, now: datetime
+) -> CompiledState:
+    """Load, issue missing keys, compile, and write the proxy config dir (atomically per file)."""
+    manifests = load_manifests(manifests_dir)
+    issued, created = state.ensure_keys(manifests.virtual_keys, proxy_url, now)
+    result = compile.compile_proxy_config(
+        manifests.virtual_keys,
+        manifests.policies,
+        manifests.credentials,
+        manifests.secrets,
+        issued,
+        now,
+        gateway_namespace=DEFAULT_NAMESPACE,
+        namespace_labels=manifests.namespace_labels,
+    )
+    with state.locked():
+        sources.write_config_dir(state.config_dir, result.config)
+    return CompiledState(manifests=manifests, result=result, created=created)
+
+
+def describe(compiled: CompiledState, state: StateDir) -> list[str]:
+    """Lines a person reads at start-up: each key, its state, and where its env file is."""
+    lines = [f"  ! {problem}" for problem in compiled.manifests.problems]
+    for (namespace, name), outcome in sorted(compiled.result.keys.items()):
+        path = state.env_path(namespace, name)
+        lines.append(f"  {namespace}/{name}: {outcome.reason} -> {path}")
+        if not outcome.ready and outcome.message:
+            lines.append(f"      {outcome.message}")
+    for (namespace, name), cred in sorted(compiled.result.credentials.items()):
+        if not cred.ready:
+            lines.append(f"  ! ProviderCredential {namespace}/{name}: {cred.reason}: {cred.message}")
+    return lines
+
+
+def _fingerprint(directory: pathlib.Path) -> tuple[tuple[str, int, int], ...]:
+    entries = []
+    for path in manifest_files(directory):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
+async def watch_manifests(
+    manifests_dir: pathlib.Path,
+    state: StateDir,
+    proxy_url: str,
+    stop: asyncio.Event,
+    interval_s: float = 0.25,
+) -> None:
+    """Recompile whenever a manifest file changes; the proxy's DirectorySource picks the result up.
+    Expiry needs no recompile: the proxy checks `expires_at` on every request."""
+    seen = _fingerprint(manifests_dir)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        current = _fingerprint(manifests_dir)
+        if current == seen:
+            continue
+        seen = current
+        try:
+            compiled = await asyncio.to_thread(
+                compile_folder, manifests_dir, state, proxy_url, datetime.now(UTC)
+            )
+        except Exception:
+            logger.exception("recompiling %s failed; the proxy keeps the previous config", manifests_dir)
+            continue
+        logger.info("manifests changed: recompiled %d keys", len(compiled.result.keys))
+        for namespace, name in compiled.created:
+            logger.info("issued a key for %s/%s -> %s", namespace, name, state.env_path(namespace, name))
+
+
+# --------------------------------------------------------------------------------------- serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifests", required=True, type=pathlib.Path, help="folder of manifests")
+    parser.add_argument("--state-dir", type=pathlib.Path, default=pathlib.Path(".llmkeys"))
+    parser.add_argument("--host", default=os.environ.get("LLMKEYS_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LLMKEYS_PORT", "8080")))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("LLMKEYS_REDIS_URL", ""),
+        help="share limits with other processes through Redis (default: in-process limiter)",
+    )
+    parser.add_argument("--public-url", default=None, help="proxy URL written into the key env files")
+    parser.add_argument("--log-level", default=os.environ.get("LLMKEYS_LOG_LEVEL", "INFO"))
+
+
+def public_url(host: str, port: int, explicit: str | None) -> str:
+    if explicit:
+        return explicit.rstrip("/")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{port}"
+
+
+async def serve(
+    args: argparse.Namespace,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    on_compiled: Callable[[CompiledState], None] | None = None,
+) -> int:
+    """Compile, then run the proxy on the compiled config until `stop` (or SIGINT/SIGTERM).
+    `on_compiled` sees the first compilation (the demo reads which keys exist from it)."""
+    from llmkeys_proxy import server  # the data plane is only loaded when serving
+
+    manifests_dir: pathlib.Path = args.manifests
+    state = StateDir(args.state_dir)
+    url = public_url(args.host, args.port, args.public_url)
+    compiled = await asyncio.to_thread(_start, manifests_dir, state, url)
+    if compiled is None:
+        return 2
+    if on_compiled is not None:
+        on_compiled(compiled)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(watch_manifests(manifests_dir, state, url, stop))
+    try:
+        await server.serve_directory(
+            config_dir=state.config_dir,
+            host=args.host,
+            port=args.port,
+            redis_url=args.redis_url or None,
+            stop=stop,
+            ready=ready,
+            on_ready=lambda: print(
+                f"llmkeys proxy listening on {url} (OPENAI_BASE_URL={url}/v1)", flush=True
+            ),
+        )
+    finally:
+        stop.set()
+        await watcher
+    return 0
+
+
+def _start(manifests_dir: pathlib.Path, state: StateDir, url: str) -> CompiledState | None:
+    """First compilation, with the start-up report a person reads."""
+    if not manifests_dir.is_dir():
+        print(f"llmkeys serve: --manifests {manifests_dir} is not a folder")
+        return None
+    state.prepare()
+    compiled = compile_folder(manifests_dir, state, url, datetime.now(UTC))
+    print(f"llmkeys standalone: {len(compiled.result.keys)} virtual keys from {manifests_dir}")
+    for line in describe(compiled, state):
+        print(line)
+    return compiled
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from llmkeys_proxy import server
+
+    outcome: list[int] = []
+
+    async def main() -> None:
+        outcome.append(await serve(args))
+
+    server.run_event_loop(main())
+    return outcome[0] if outcome else 1
