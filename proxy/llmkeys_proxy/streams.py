@@ -102,22 +102,35 @@ def _raw_events(block: bytes, *, flush: bool = False) -> Iterator[_RawEvent]:
             yield _RawEvent(event or b"message", b"\n".join(data), start, len(block), event_id, retry)
 
 
-def _last_event_end(data: bytes) -> int:
-    """Index just past the last blank line (event boundary) in `data`, or -1 when there is none.
+def _boundary_before(data: bytes, pos: int) -> int:
+    """Index just past the last blank line (event boundary) ending at or before `pos`, or -1.
 
-    A boundary is two line endings in a row (LF LF, CRLF CRLF, CR CR, mixed). Cutting after CR CR
-    when a LF follows in the next read leaves that LF to start the next block, where it reads as
-    an empty line and dispatches nothing: harmless."""
-    end = data.rfind(b"\n\n")
+    A boundary is two line endings in a row (LF LF, CRLF CRLF, CR CR, mixed). The rarer CR forms
+    are searched only after the last LF LF, so a block is scanned about once."""
+    end = data.rfind(b"\n\n", 0, pos)
     if end >= 0:
         end += 2
-    crlf = data.rfind(b"\n\r\n")
+    low = max(end - 3, 0)
+    crlf = data.rfind(b"\n\r\n", low, pos)
     if crlf >= 0 and crlf + 3 > end:
         end = crlf + 3
-    cr = data.rfind(b"\r\r")
+    cr = data.rfind(b"\r\r", low, pos)
     if cr >= 0 and cr + 2 > end:
-        end = cr + 3 if data[cr + 2 : cr + 3] == b"\n" else cr + 2
+        # CR CR LF: the LF belongs to the second line ending. (Cutting after CR CR when the LF only
+        # arrives with the next read leaves it to start the next block, where it reads as an empty
+        # line and dispatches nothing: harmless.)
+        end = cr + 3 if data[cr + 2 : cr + 3] == b"\n" and cr + 3 <= pos else cr + 2
     return end
+
+
+def _last_event_end(data: bytes) -> int:
+    """Index just past the last event boundary in `data`, or -1 when there is none."""
+    return _boundary_before(data, len(data))
+
+
+def _event_start(block: bytes, pos: int) -> int:
+    """Start of the event containing `pos`: just past the previous blank line (or 0)."""
+    return max(_boundary_before(block, pos), 0)
 
 
 class SSEParser:
@@ -354,7 +367,6 @@ def encode_aws_event(event_type: str, body: Mapping[str, Any]) -> bytes:
 # Usage capture
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_DONE = re.compile(rb"^data:\s?\[DONE\]\s*$", re.MULTILINE)
 _SSE_APIS = (
     "openai-chat",
     "openai-completions",
@@ -367,6 +379,9 @@ _ANTHROPIC_MARKERS = (b"message_start", b"message_delta", b"message_stop", b"eve
 _ERROR_MARKERS = (b"event: error", b"event:error", b'"type":"error"', b'"type": "error"')
 #: Raw response bytes kept for a possible fallback count before they are folded into a token count.
 _KEEP_BYTES = 1 << 20
+#: An unterminated SSE event larger than this means the body is not SSE (or is hostile): parsing
+#: stops and bytes pass through untouched, so memory stays bounded.
+MAX_SSE_EVENT_BYTES = 4 << 20
 
 
 def _loads(data: bytes) -> Any:
@@ -376,16 +391,18 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _data_line_at(block: bytes, pos: int) -> bytes | None:
-    """The `data:` payload of the line containing `pos` (single-line JSON events)."""
-    start = max(block.rfind(b"\n", 0, pos), block.rfind(b"\r", 0, pos)) + 1
-    end_n = block.find(b"\n", pos)
-    end_r = block.find(b"\r", pos)
-    ends = [e for e in (end_n, end_r) if e >= 0]
-    line = block[start : min(ends) if ends else len(block)]
-    if not line.startswith(b"data:"):
-        return None
-    return line[6:] if line[5:6] == b" " else line[5:]
+def _event_data_at(block: bytes, pos: int) -> bytes | None:
+    """The data of the SSE event containing `pos` (a whole-events block)."""
+    start = _event_start(block, pos)
+    for event in _raw_events(block[start:], flush=True):
+        return event.data
+    return None
+
+
+def _is_done_line(block: bytes, pos: int) -> bool:
+    """`data: [DONE]` is the whole line around `pos` (not text inside a chunk)."""
+    line_start = max(block.rfind(b"\n", 0, pos), block.rfind(b"\r", 0, pos)) + 1
+    return block[line_start:pos].rstrip() == b"data:" and block[pos + 6 : pos + 8].strip() == b""
 
 
 class _JsonArrayElements:
@@ -469,15 +486,22 @@ class StreamUsage:
         self._usage: TokenCounts | None = None
         # Anthropic: message_start usage merged with each (cumulative) message_delta usage.
         self._anthropic_usage: dict[str, Any] | None = None
-        # Gemini: raw data of the last event carrying usageMetadata (parsed when asked for).
-        self._gemini_last: bytes | None = None
+        # Gemini: where the last usageMetadata was seen (block, position; -1 = the block is the
+        # JSON document); running totals, so only the last is parsed, when `usage` is read.
+        self._gemini_last: tuple[bytes, int] | None = None
         self._gemini_array: _JsonArrayElements | None = None
         self._sniffed = api != "gemini"
         self._events = EventStreamParser() if api in ("bedrock-converse", "bedrock-invoke") else None
+        self._block = {
+            "openai-responses": self._responses_block,
+            "anthropic-messages": self._anthropic_block,
+            "gemini": self._gemini_block,
+        }.get(api, self._openai_block)
         self._kept: list[bytes] = []
         self._kept_size = 0
         self._folded_output_tokens = 0
         self._finished = False
+        self._passthrough = False
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -485,9 +509,10 @@ class StreamUsage:
     def usage(self) -> TokenCounts | None:
         """Provider-reported usage seen so far (final once the stream is complete)."""
         if self._gemini_last is not None:
-            payload = _loads(self._gemini_last)
+            block, pos = self._gemini_last
             self._gemini_last = None
-            if isinstance(payload, Mapping):
+            payload = _loads(block if pos < 0 else (_event_data_at(block, pos) or b""))
+            if isinstance(payload, dict):
                 counts = usage_mod.usage_from_json("gemini", payload)
                 if counts is not None:
                     self._usage = counts
@@ -505,7 +530,7 @@ class StreamUsage:
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward to the client for this upstream chunk (the same object when unchanged)."""
-        if not chunk:
+        if not chunk or self._passthrough:
             return chunk
         if self._events is not None:
             self._feed_event_stream(chunk)
@@ -522,15 +547,20 @@ class StreamUsage:
                 self._gemini_payload(element)
             return chunk
         data = self._carry + chunk if self._carry else chunk
-        cut = _last_event_end(data)
+        # Fast path: upstreams flush whole events, so a read usually ends on a boundary.
+        cut = len(data) if data.endswith(b"\n\n") or data.endswith(b"\n\r\n") else _last_event_end(data)
         if cut < 0:
+            if len(data) > MAX_SSE_EVENT_BYTES:
+                self._passthrough = True
+                self._carry = b""
+                return data if self._hide else chunk
             self._carry = data
             return b"" if self._hide else chunk
         if cut == len(data):
             block, self._carry = data, b""
         else:
             block, self._carry = data[:cut], data[cut:]
-        out = self._block(block)
+        out = self._block(block, False)
         if not self._hide:
             return chunk
         return chunk if out is chunk else out
@@ -545,14 +575,15 @@ class StreamUsage:
         tail, self._carry = self._carry, b""
         if not tail:
             return b""
-        out = self._block(tail, flush=True)
+        out = self._block(tail, True)
         return out if self._hide else b""
 
     def fallback_counts(self, prompt_tokens: int) -> TokenCounts:
         """Usage of a stream cut off before its final usage: provider-reported parts where known
         (e.g. Anthropic's message_start input), else `prompt_tokens`; output counted with tiktoken
         from the text that passed (reasoning the provider never streamed cannot be seen)."""
-        counted = self._folded_output_tokens + self._count_kept()
+        self._folded_output_tokens += self._count_kept()
+        counted = self._folded_output_tokens
         reported = self.usage
         if reported is None:
             return TokenCounts(input_tokens=prompt_tokens, output_tokens=counted)
@@ -579,59 +610,54 @@ class StreamUsage:
         if self._kept_size > _KEEP_BYTES:
             self._folded_output_tokens += self._count_kept()
 
-    def _block(self, block: bytes, *, flush: bool = False) -> bytes:
-        """Process whole events; returns the block itself, or a copy without the dropped event."""
-        api = self.api
-        if api in ("openai-chat", "openai-completions", "openai-embeddings"):
-            self._keep(block)
-            if b"[DONE]" in block and _DONE.search(block):
-                self._complete = True
-            if b'"usage"' in block and _USAGE_OBJECT.search(block):
-                return self._openai_usage(block, flush)
-            return block
-        if api == "openai-responses":
-            self._keep(block)
-            if any(marker in block for marker in _RESPONSES_END) or any(m in block for m in _ERROR_MARKERS):
-                self._responses_events(block, flush)
-            return block
-        if api == "anthropic-messages":
-            self._keep(block)
-            if any(marker in block for marker in _ANTHROPIC_MARKERS):
-                self._anthropic_events(block, flush)
-            return block
-        if api == "gemini":
-            self._keep(block)
-            pos = block.rfind(b'"usageMetadata"')
-            if pos >= 0:
-                line = _data_line_at(block, pos)
-                if line is None:  # multi-line data: parse properly
-                    for event in _raw_events(block, flush=flush):
-                        if b'"usageMetadata"' in event.data:
-                            line = event.data
-                self._gemini_payload_usage(line)
-            if b'"finishReason"' in block:
-                self._complete = self._final = True
-            return block
+    def _openai_block(self, block: bytes, flush: bool) -> bytes:
+        """Whole events of a chat/completions stream; returns the block, or a copy without the
+        dropped usage event. Every chunk says `"usage":null` once include_usage is on: only a
+        usage OBJECT leads to parsing."""
+        self._keep(block)
+        done = block.rfind(b"[DONE]")
+        if done >= 0 and _is_done_line(block, done):
+            self._complete = True
+        if block.count(b'"usage"') > block.count(b'"usage":null') and _USAGE_OBJECT.search(block):
+            return self._openai_usage(block, flush)
+        return block
+
+    def _responses_block(self, block: bytes, flush: bool) -> bytes:
+        self._keep(block)
+        if (
+            b"response.completed" in block
+            or b"response.incomplete" in block
+            or b"response.failed" in block
+            or b"error" in block
+        ):
+            self._responses_events(block, flush)
+        return block
+
+    def _anthropic_block(self, block: bytes, flush: bool) -> bytes:
+        self._keep(block)
+        if b"message_" in block or b"error" in block:
+            self._anthropic_events(block, flush)
+        return block
+
+    def _gemini_block(self, block: bytes, flush: bool) -> bytes:
+        self._keep(block)
+        pos = block.rfind(b'"usageMetadata"')
+        if pos >= 0:
+            self._gemini_last = (block, pos)
+        if b'"finishReason"' in block:
+            self._complete = self._final = True
         return block
 
     def _openai_usage(self, block: bytes, flush: bool) -> bytes:
         drop: list[tuple[int, int]] = []
-        for event in _raw_events(block, flush=flush):
-            if b'"usage"' not in event.data:
+        for match in _USAGE_OBJECT.finditer(block):
+            # Parse only the event around the match, not the whole block.
+            start = _event_start(block, match.start())
+            if drop and start < drop[-1][1]:
                 continue
-            payload = _loads(event.data)
-            if not isinstance(payload, Mapping):
-                continue
-            counts = usage_mod.usage_from_json(self.api, payload)
-            if counts is None:
-                continue
-            self._usage = counts
-            if payload.get("choices") == []:
-                # The dedicated final usage chunk (servers that report running usage on content
-                # chunks are final only at [DONE]).
-                self._final = True
-                if self._hide:
-                    drop.append((event.start, event.end))
+            for event in _raw_events(block[start:], flush=flush):
+                self._openai_event(event.data, start + event.start, start + event.end, drop)
+                break
         if not drop:
             return block
         parts: list[bytes] = []
@@ -642,6 +668,21 @@ class StreamUsage:
         parts.append(block[pos:])
         return b"".join(parts)
 
+    def _openai_event(self, data: bytes, start: int, end: int, drop: list[tuple[int, int]]) -> None:
+        payload = _loads(data)
+        if not isinstance(payload, dict):
+            return
+        counts = usage_mod.usage_from_json(self.api, payload)
+        if counts is None:
+            return
+        self._usage = counts
+        if payload.get("choices") == []:
+            # The dedicated final usage chunk (servers that report running usage on content
+            # chunks are final only at [DONE]).
+            self._final = True
+            if self._hide:
+                drop.append((start, end))
+
     def _responses_events(self, block: bytes, flush: bool) -> None:
         for event in _raw_events(block, flush=flush):
             name = event.event
@@ -649,7 +690,7 @@ class StreamUsage:
                 if not any(m in event.data for m in _RESPONSES_END) and b"error" not in event.data:
                     continue
                 payload = _loads(event.data)
-                name = str(payload.get("type", "")).encode() if isinstance(payload, Mapping) else b""
+                name = str(payload.get("type", "")).encode() if isinstance(payload, dict) else b""
             elif name not in _RESPONSES_END and name != b"error":
                 continue
             else:
@@ -662,7 +703,7 @@ class StreamUsage:
             self._complete = True
             if name == b"response.failed":
                 self._error = True
-            if isinstance(payload, Mapping):
+            if isinstance(payload, dict):
                 counts = usage_mod.usage_from_json("openai-responses", payload)
                 if counts is not None:
                     self._usage = counts
@@ -677,20 +718,20 @@ class StreamUsage:
             elif name not in (b"message_start", b"message_delta", b"message_stop", b"error"):
                 continue
             payload = _loads(event.data)
-            if isinstance(payload, Mapping):
+            if isinstance(payload, dict):
                 self._anthropic_payload(payload)
 
     def _anthropic_payload(self, payload: Mapping[str, Any]) -> None:
         kind = payload.get("type")
         if kind == "message_start":
             message = payload.get("message")
-            usage = message.get("usage") if isinstance(message, Mapping) else None
-            if isinstance(usage, Mapping):
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, dict):
                 self._anthropic_usage = dict(usage)
                 self._usage = usage_mod.anthropic_usage(self._anthropic_usage)
         elif kind == "message_delta":
             usage = payload.get("usage")
-            if isinstance(usage, Mapping):
+            if isinstance(usage, dict):
                 # Cumulative counts: the latest value of each field replaces the earlier one.
                 merged = self._anthropic_usage if self._anthropic_usage is not None else {}
                 merged.update({k: v for k, v in usage.items() if v is not None})
@@ -704,15 +745,10 @@ class StreamUsage:
 
     # -- Gemini -----------------------------------------------------------------------------------
 
-    def _gemini_payload_usage(self, data: bytes | None) -> None:
-        # Running totals: only the last one matters, so it is parsed only when `usage` is read.
-        if data is not None:
-            self._gemini_last = data
-
     def _gemini_payload(self, element: bytes) -> None:
         self._keep(element)
         if b'"usageMetadata"' in element:
-            self._gemini_payload_usage(element)
+            self._gemini_last = (element, -1)
         if b'"finishReason"' in element:
             self._complete = self._final = True
 
@@ -738,8 +774,8 @@ class StreamUsage:
         event_type = message.event_type
         if event_type == "metadata":
             payload = _loads(message.payload)
-            usage = payload.get("usage") if isinstance(payload, Mapping) else None
-            if isinstance(usage, Mapping):
+            usage = payload.get("usage") if isinstance(payload, dict) else None
+            if isinstance(usage, dict):
                 self._usage = usage_mod.bedrock_usage(usage)
                 self._final = True
             self._complete = True
@@ -750,7 +786,7 @@ class StreamUsage:
         if message.event_type != "chunk":
             return
         envelope = _loads(message.payload)
-        encoded = envelope.get("bytes") if isinstance(envelope, Mapping) else None
+        encoded = envelope.get("bytes") if isinstance(envelope, dict) else None
         if not isinstance(encoded, str):
             return
         try:
@@ -760,12 +796,12 @@ class StreamUsage:
         self._keep(native)
         if b"invocationMetrics" in native or b"message_" in native or b'"error"' in native:
             payload = _loads(native)
-            if not isinstance(payload, Mapping):
+            if not isinstance(payload, dict):
                 return
             if "type" in payload:
                 self._anthropic_payload(payload)
             metrics = payload.get("amazon-bedrock-invocationMetrics")
-            if isinstance(metrics, Mapping):
+            if isinstance(metrics, dict):
                 # Bedrock appends these to every model's last chunk; Claude's own usage (message_start
                 # + message_delta, with its cache split) is preferred when it was seen.
                 if self._anthropic_usage is None:
@@ -783,23 +819,23 @@ class StreamUsage:
             for block in kept:
                 for event in _raw_events(block, flush=True):
                     payload = _loads(event.data)
-                    if isinstance(payload, Mapping):
+                    if isinstance(payload, dict):
                         _collect_text(self.api, payload, texts)
         else:
             for item in kept:  # one JSON document each
                 payload = _loads(item)
-                if isinstance(payload, Mapping):
+                if isinstance(payload, dict):
                     _collect_text(self.api, payload, texts)
         if not texts:
             return 0
-        encode = usage_mod.encoding_for_model(self.model).encode_ordinary
-        return sum(len(encode(text)) for text in texts)
+        # Streamed pieces are one contiguous output: tokenise them together, as the model did.
+        return usage_mod.count_tokens(self.model, "".join(texts))
 
 
 def _append(texts: list[str], value: object) -> None:
     if isinstance(value, str) and value:
         texts.append(value)
-    elif isinstance(value, Mapping | list) and value:
+    elif isinstance(value, dict | list) and value:
         texts.append(orjson.dumps(value).decode())
 
 
@@ -810,19 +846,19 @@ def _collect_text(api: ApiFormat, payload: Mapping[str, Any], texts: list[str]) 
         if not isinstance(choices, list):
             return
         for choice in choices:
-            if not isinstance(choice, Mapping):
+            if not isinstance(choice, dict):
                 continue
             _append(texts, choice.get("text"))
             delta = choice.get("delta")
-            if not isinstance(delta, Mapping):
+            if not isinstance(delta, dict):
                 continue
             for key in ("content", "reasoning_content", "reasoning", "refusal"):
                 _append(texts, delta.get(key))
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:
-                    function = call.get("function") if isinstance(call, Mapping) else None
-                    if isinstance(function, Mapping):
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict):
                         _append(texts, function.get("name"))
                         _append(texts, function.get("arguments"))
     elif api == "openai-responses":
@@ -833,12 +869,12 @@ def _collect_text(api: ApiFormat, payload: Mapping[str, Any], texts: list[str]) 
         kind = payload.get("type")
         if kind == "content_block_delta":
             delta = payload.get("delta")
-            if isinstance(delta, Mapping):
+            if isinstance(delta, dict):
                 for key in ("text", "thinking", "partial_json"):
                     _append(texts, delta.get(key))
         elif kind == "content_block_start":
             block = payload.get("content_block")
-            if isinstance(block, Mapping):
+            if isinstance(block, dict):
                 _append(texts, block.get("text"))
                 _append(texts, block.get("name"))
         elif api == "bedrock-invoke":
@@ -849,40 +885,40 @@ def _collect_text(api: ApiFormat, payload: Mapping[str, Any], texts: list[str]) 
             outputs = payload.get("outputs")
             if isinstance(outputs, list):
                 for output in outputs:
-                    if isinstance(output, Mapping):
+                    if isinstance(output, dict):
                         _append(texts, output.get("text"))
             block_delta = payload.get("contentBlockDelta")
-            if isinstance(block_delta, Mapping):
+            if isinstance(block_delta, dict):
                 _bedrock_delta_text(block_delta, texts)
     elif api == "gemini":
         candidates = payload.get("candidates")
         if not isinstance(candidates, list):
             return
         for candidate in candidates:
-            content = candidate.get("content") if isinstance(candidate, Mapping) else None
-            parts = content.get("parts") if isinstance(content, Mapping) else None
+            content = candidate.get("content") if isinstance(candidate, dict) else None
+            parts = content.get("parts") if isinstance(content, dict) else None
             if isinstance(parts, list):
                 for part in parts:
-                    if isinstance(part, Mapping):
+                    if isinstance(part, dict):
                         _append(texts, part.get("text"))
                         _append(texts, part.get("functionCall"))
     elif api == "bedrock-converse":
         if "delta" in payload:
             _bedrock_delta_text(payload, texts)
         start = payload.get("start")
-        tool_use = start.get("toolUse") if isinstance(start, Mapping) else None
-        if isinstance(tool_use, Mapping):
+        tool_use = start.get("toolUse") if isinstance(start, dict) else None
+        if isinstance(tool_use, dict):
             _append(texts, tool_use.get("name"))
 
 
 def _bedrock_delta_text(payload: Mapping[str, Any], texts: list[str]) -> None:
     delta = payload.get("delta")
-    if not isinstance(delta, Mapping):
+    if not isinstance(delta, dict):
         return
     _append(texts, delta.get("text"))
     tool_use = delta.get("toolUse")
-    if isinstance(tool_use, Mapping):
+    if isinstance(tool_use, dict):
         _append(texts, tool_use.get("input"))
     reasoning = delta.get("reasoningContent")
-    if isinstance(reasoning, Mapping):
+    if isinstance(reasoning, dict):
         _append(texts, reasoning.get("text"))
