@@ -719,26 +719,32 @@ def bedrock_invocation_metrics(metrics: Mapping[str, Any]) -> TokenCounts:
     )
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return headers.get(name.lower()) if value is None else value
+
+
 def usage_from_bedrock_headers(headers: Mapping[str, str]) -> TokenCounts | None:
     """InvokeModel reports usage in `X-Amzn-Bedrock-{Input,Output}-Token-Count` (+ cache) headers.
 
-    `headers` must look names up case-insensitively (aiohttp's CIMultiDict does)."""
-    inputs = headers.get("X-Amzn-Bedrock-Input-Token-Count")
-    outputs = headers.get("X-Amzn-Bedrock-Output-Token-Count")
+    Works with case-insensitive mappings (aiohttp, httpx) and with plain dicts in either the
+    documented or the lower-case spelling."""
+
+    def number(name: str) -> int | None:
+        value = _header(headers, name)
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    inputs = number("X-Amzn-Bedrock-Input-Token-Count")
+    outputs = number("X-Amzn-Bedrock-Output-Token-Count")
     if inputs is None and outputs is None:
         return None
-
-    def number(name: str) -> int:
-        value = headers.get(name)
-        return int(value) if value is not None and value.strip().isdigit() else 0
-
-    cache_read = number("X-Amzn-Bedrock-Cache-Read-Input-Token-Count")
-    cache_write = number("X-Amzn-Bedrock-Cache-Write-Input-Token-Count")
+    cache_read = number("X-Amzn-Bedrock-Cache-Read-Input-Token-Count") or 0
+    cache_write = number("X-Amzn-Bedrock-Cache-Write-Input-Token-Count") or 0
     return TokenCounts(
-        input_tokens=number("X-Amzn-Bedrock-Input-Token-Count") + cache_read + cache_write,
+        input_tokens=(inputs or 0) + cache_read + cache_write,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
-        output_tokens=number("X-Amzn-Bedrock-Output-Token-Count"),
+        output_tokens=outputs or 0,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import multidict
 import pytest
 
 from llmkeys_proxy import usage
@@ -500,6 +501,11 @@ def test_usage_from_bedrock_headers() -> None:
     }
     assert usage.usage_from_bedrock_headers(headers) == TokenCounts(120, 100, 0, 5, 0)
     assert usage.usage_from_bedrock_headers({}) is None
+    lower = {"x-amzn-bedrock-input-token-count": "3", "x-amzn-bedrock-output-token-count": "4"}
+    assert usage.usage_from_bedrock_headers(lower) == TokenCounts(3, output_tokens=4)
+    assert usage.usage_from_bedrock_headers({"X-Amzn-Bedrock-Input-Token-Count": "junk"}) is None
+    aiohttp_style = multidict.CIMultiDict({"x-AMZN-bedrock-output-token-count": "8"})
+    assert usage.usage_from_bedrock_headers(aiohttp_style) == TokenCounts(0, output_tokens=8)
 
 
 def test_total_tokens() -> None:
