@@ -18,6 +18,13 @@ def redis_session_server() -> Iterator[redis_server.RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_node() -> Iterator[redis_server.RedisServer]:
+    """A one-node Redis Cluster owning every slot (scripts must keep to one slot), for the whole run."""
+    with redis_server.RedisServer(cluster=True) as server:
+        yield server
+
+
 @pytest.fixture
 def redis_url(redis_session_server: redis_server.RedisServer) -> str:
     """URL of the session's redis-server, emptied for this test."""

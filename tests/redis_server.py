@@ -56,7 +56,12 @@ class RedisServer:
     (`requirepass`) and TLS only (no plain port)."""
 
     def __init__(
-        self, port: int | None = None, *, password: str | None = None, tls: TlsFiles | None = None
+        self,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+        cluster: bool = False,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -65,6 +70,10 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.tls = tls
+        #: A one-node Redis Cluster owning every slot: scripts touching keys of two slots fail
+        #: (CROSSSLOT), which proves the key layout is cluster safe without a multi-node cluster.
+        self.cluster = cluster
+        self.cluster_bus_port = free_port() if cluster else 0
         self.workdir = tempfile.TemporaryDirectory(prefix="llmkeys-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -81,6 +90,12 @@ class RedisServer:
         args += ["--dir", self.workdir.name, "--protected-mode", "yes", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.cluster:
+            nodes = pathlib.Path(self.workdir.name) / "nodes.conf"
+            nodes.unlink(missing_ok=True)  # a restart comes back empty, slots included
+            # The bus port would default to port + 10000, which may not exist.
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes)]
+            args += ["--cluster-port", str(self.cluster_bus_port)]
         if self.tls is None:
             return [*args, "--port", str(self.port)]
         return [
@@ -98,10 +113,29 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode} on port {self.port}")
             if self._answers():
+                if self.cluster:
+                    self._claim_all_slots(deadline)
                 return
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+
+    def _claim_all_slots(self, deadline: float) -> None:
+        if not self.command(b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383").startswith(b"+OK"):
+            raise RuntimeError("CLUSTER ADDSLOTSRANGE failed")
+        while time.monotonic() < deadline:
+            if b"cluster_state:ok" in self.command(b"CLUSTER", b"INFO"):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the one-node cluster did not become ready")
+
+    def command(self, *parts: bytes) -> bytes:
+        """One command over plain TCP (no TLS, no password), the raw reply's first bytes."""
+        assert self.tls is None and not self.password
+        request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(request)
+            return sock.recv(65536)
 
     def _answers(self) -> bool:
         """Any RESP reply to PING (a password-protected server answers -NOAUTH: it is up)."""
@@ -141,16 +175,17 @@ class RedisServer:
             self.workdir.cleanup()
 
     def flushall(self) -> None:
-        """Empty it (plain TCP without password only: the session server)."""
-        assert self.tls is None and not self.password
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            reply = sock.recv(16)
+        """Empty it (plain TCP without password only: the session servers)."""
+        reply = self.command(b"FLUSHALL")
         if not reply.startswith(b"+OK"):
             raise RuntimeError(f"FLUSHALL failed: {reply!r}")
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,4 +1,5 @@
-"""The limiter semantics, one suite run against both backends (a real redis-server, and in-process).
+"""The limiter semantics, one suite run against both backends: in-process, a real redis-server, and
+a one-node Redis Cluster (where any script touching two hash slots fails: the layout is cluster safe).
 
 Time is injected (`now`), so window edges and UTC day/month rollovers are tested exactly, without sleeping.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis.asyncio as redis_asyncio
+import redis.exceptions as redis_exceptions
 from tests import redis_server
 
 from llmkeys_proxy import config
@@ -33,7 +36,7 @@ class Backend:
     wipe: Callable[[], Awaitable[base.Limiter]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         holder: list[base.Limiter] = [memory.MemoryLimiter(reservation_ttl_s=RESERVATION_TTL_S)]
@@ -46,7 +49,9 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         for limiter in holder:
             await limiter.close()
     else:
-        server: redis_server.RedisServer = request.getfixturevalue("redis_session_server")
+        # "redis-cluster": a one-node Redis Cluster, where a script touching two slots fails.
+        server_fixture = "redis_cluster_node" if request.param == "redis-cluster" else "redis_session_server"
+        server: redis_server.RedisServer = request.getfixturevalue(server_fixture)
         server.flushall()
         redis_limiter = redis_limits.RedisLimiter(
             server.url, reservation_ttl_s=RESERVATION_TTL_S, operation_timeout_s=10, socket_timeout_s=10
@@ -56,7 +61,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             server.flushall()
             return redis_limiter
 
-        yield Backend("redis", redis_limiter, wipe_redis)
+        yield Backend(request.param, redis_limiter, wipe_redis)
         await redis_limiter.close()
 
 
@@ -512,3 +517,18 @@ async def test_read_usage_of_unknown_scopes_is_zero(backend: Backend) -> None:
     assert usage["aaaaaaaaaaaa"].month == base.PeriodUsage(period="2031-03")
     assert usage["p/none"].day == base.PeriodUsage(period="2031-03-14")
     assert await backend.limiter.ping()
+
+
+async def test_the_cluster_node_refuses_scripts_that_cross_slots(
+    redis_cluster_node: redis_server.RedisServer,
+) -> None:
+    """What makes the "redis-cluster" runs above meaningful: a layout mistake would fail there."""
+    client = redis_asyncio.Redis.from_url(redis_cluster_node.url)
+    try:
+        # Scripts with a shebang, as the limiter's, are checked by the server.
+        script = "#!lua\nredis.call('SET', KEYS[1], 1); redis.call('SET', ARGV[1], 1); return 1"
+        assert await client.eval(script, 1, "llmk:{abc}:x", "llmk:{abc}:y") == 1  # type: ignore[misc]
+        with pytest.raises(redis_exceptions.ResponseError, match="same slot"):
+            await client.eval(script, 1, "llmk:{abc}:x", "llmk:{pool:abc}:y")  # type: ignore[misc]
+    finally:
+        await client.aclose()

@@ -1,7 +1,7 @@
 """Redis limiter backend for proxy fleets: Lua scripts, one pipelined round trip per request phase.
 
 Called by the proxy's request pipeline (`reserve`, then `settle` or `refund`) and by the operator's
-usage sync (`read_usage`, `seed_usage`). Works against Redis >= 6.2, Valkey and managed Redis; the
+usage sync (`read_usage`, `seed_usage`). Works against Redis >= 7.0, Valkey and managed Redis; the
 key layout is Redis Cluster compatible: everything of one key lives under the hash tag `{<keyId>}`,
 everything of one pool under `{pool:<poolId>}`, and each script touches a single tag.
 
@@ -49,9 +49,12 @@ class _Script:
 
 
 def _load_script(name: str) -> _Script:
-    """A script body with the shared prelude in front; its SHA1 is what EVALSHA names."""
+    """A script body with the shared prelude in front; its SHA1 is what EVALSHA names.
+
+    The `#!lua` shebang (Redis >= 7, Valkey) makes the server itself refuse a script that touches
+    two hash slots in a cluster, and refuse it up front under OOM instead of after partial writes."""
     files = importlib.resources.files("llmkeys_proxy.limits")
-    source = (files / "common.lua").read_bytes() + b"\n" + (files / name).read_bytes()
+    source = b"#!lua\n" + (files / "common.lua").read_bytes() + b"\n" + (files / name).read_bytes()
     return _Script(name, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
 
 
