@@ -259,7 +259,10 @@ class _Counter:
                 self.texts.append(value)
         elif value is not None:
             # Tool schemas, function arguments, structured payloads: their JSON text is a fair proxy.
-            self.texts.append(orjson.dumps(value, default=str).decode())
+            try:
+                self.texts.append(orjson.dumps(value, default=str).decode())
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: count its strings
+                _all_strings(self, value)
 
     def total(self, model: str) -> int:
         if not self.texts:
@@ -490,15 +493,17 @@ def _bedrock_converse(counter: _Counter, body: Mapping[str, Any]) -> None:
 
 
 def _all_strings(counter: _Counter, value: object) -> None:
-    """Unknown body shapes: every string value counts (keys and numbers do not)."""
-    if isinstance(value, str):
-        counter.text(value)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _all_strings(counter, item)
-    elif isinstance(value, list):
-        for item in value:
-            _all_strings(counter, item)
+    """Unknown body shapes: every string value counts (keys and numbers do not). Iterative, so a
+    hostile nesting depth cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            counter.text(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _bedrock_invoke(counter: _Counter, body: Mapping[str, Any]) -> None:

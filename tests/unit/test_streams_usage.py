@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -805,3 +806,30 @@ def test_oversized_unterminated_event_switches_to_passthrough(monkeypatch: pytes
     assert capture.feed(later) is later
     assert capture.finish() == b""
     assert not capture.complete
+
+
+INSERTIONS = [b"\n\n", b"\r", b'"usage":{', b"data: [DONE]", b"{", b'"', b'"choices":[]']
+
+
+@pytest.mark.parametrize("api", list(STREAM_BUILDERS))
+def test_mangled_streams_never_raise_and_forward_everything(api: ApiFormat) -> None:
+    rng = random.Random(api)
+    original = STREAM_BUILDERS[api]()
+    for _ in range(150):
+        data = bytearray(original)
+        for _ in range(rng.randrange(1, 8)):
+            position = rng.randrange(len(data))
+            action = rng.randrange(3)
+            if action == 0:
+                data[position] = rng.randrange(256)
+            elif action == 1:
+                del data[position : position + rng.randrange(1, 40)]
+            else:
+                data[position:position] = rng.choice(INSERTIONS)
+        cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randrange(1, 12))))
+        capture = StreamUsage(api, "gpt-4o")
+        assert run(capture, bytes(data), cuts) == bytes(data)  # without hiding, every byte passes
+        counts = capture.settled_counts(5)
+        assert counts.input_tokens >= 0 and counts.output_tokens >= 0
+        hiding = StreamUsage(api, "gpt-4o", hide_usage_chunk=True)
+        assert len(run(hiding, bytes(data), cuts)) <= len(data)

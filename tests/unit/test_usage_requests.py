@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import typing
 from typing import Any
 
 import multidict
@@ -510,3 +512,67 @@ def test_usage_from_bedrock_headers() -> None:
 
 def test_total_tokens() -> None:
     assert TokenCounts(10, 5, 0, 7, 2).total_tokens == 17
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(7 if depth < 6 else 4)
+    if kind == 0:
+        return rng.choice(["", "hi", "data: [DONE]", "<|endoftext|>", "é" * rng.randrange(5)])
+    if kind == 1:
+        return rng.choice([0, -1, 3, 2**70, 1.5, float("-0.0")])
+    if kind == 2:
+        return rng.choice([None, True, False])
+    if kind == 3:
+        return rng.choice(["text", "image", "type", "content", "parts"])
+    if kind == 4:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = [
+        "messages",
+        "content",
+        "role",
+        "type",
+        "text",
+        "parts",
+        "contents",
+        "input",
+        "prompt",
+        "system",
+        "tool_calls",
+        "function",
+        "toolUse",
+        "toolResult",
+        "name",
+        "max_tokens",
+        "generationConfig",
+        "maxOutputTokens",
+        "inferenceConfig",
+        "maxTokens",
+        "n",
+        "instructions",
+        "tools",
+        "requests",
+    ]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+@pytest.mark.parametrize("api", list(typing.get_args(usage.ApiFormat)))
+def test_hostile_bodies_never_raise(api: usage.ApiFormat) -> None:
+    rng = random.Random(api)
+    for _ in range(400):
+        body = _random_json(rng)
+        if not isinstance(body, dict):
+            body = {"messages": body, "input": body, "contents": body, "prompt": body}
+        assert usage.estimate_prompt_tokens(api, "gpt-4o", body) >= 0
+        requested = usage.requested_output_tokens(api, body)
+        assert requested is None or requested >= 0
+        counts = usage.usage_from_json(api, body)
+        assert counts is None or min(counts.input_tokens, counts.output_tokens) >= 0
+
+
+def test_deeply_nested_body_is_counted_without_recursion_errors() -> None:
+    deep: Any = "needle"
+    for _ in range(5000):
+        deep = [deep]
+    body = {"messages": [{"role": "user", "content": deep}]}
+    assert usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body) >= tokens("needle")
+    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", {"prompt": deep}) == tokens("needle")
