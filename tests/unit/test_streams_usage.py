@@ -14,6 +14,8 @@ import httpx2
 import openai
 import orjson
 import pytest
+from google import genai
+from google.genai import types as genai_types
 
 from llmkeys_proxy import streams, usage
 from llmkeys_proxy.streams import StreamUsage
@@ -833,3 +835,51 @@ def test_mangled_streams_never_raise_and_forward_everything(api: ApiFormat) -> N
         assert counts.input_tokens >= 0 and counts.output_tokens >= 0
         hiding = StreamUsage(api, "gpt-4o", hide_usage_chunk=True)
         assert len(run(hiding, bytes(data), cuts)) <= len(data)
+
+
+def test_responses_usage_matches_the_openai_sdk() -> None:
+    data = b"".join(responses_stream())
+    capture = StreamUsage("openai-responses", "gpt-4.1")
+    assert capture.feed(data) is data
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=data)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http_client:
+        client = openai.OpenAI(api_key="test", base_url="http://proxy.test/v1", http_client=http_client)
+        events = list(client.responses.create(model="gpt-4.1", input="hi", stream=True))
+    final = events[-1]
+    assert final.type == "response.completed"
+    sdk = final.response.usage
+    assert sdk is not None
+    assert capture.usage == TokenCounts(
+        input_tokens=sdk.input_tokens,
+        cached_input_tokens=sdk.input_tokens_details.cached_tokens,
+        output_tokens=sdk.output_tokens,
+        reasoning_tokens=sdk.output_tokens_details.reasoning_tokens,
+    )
+
+
+def test_gemini_usage_matches_the_google_genai_sdk() -> None:
+    data = b"".join(b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in GEMINI_CHUNKS)
+    capture = StreamUsage("gemini", "gemini-2.5-flash")
+    assert capture.feed(data) is data
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.params.get("alt") == "sse"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=data)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http_client:
+        client = genai.Client(
+            api_key="test",
+            http_options=genai_types.HttpOptions(base_url="http://proxy.test", httpx_client=http_client),
+        )
+        chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+    sdk = chunks[-1].usage_metadata
+    assert sdk is not None
+    assert capture.usage == TokenCounts(
+        input_tokens=sdk.prompt_token_count or 0,
+        output_tokens=(sdk.candidates_token_count or 0) + (sdk.thoughts_token_count or 0),
+        reasoning_tokens=sdk.thoughts_token_count or 0,
+    )
+    assert "".join(c.text or "" for c in chunks) == 'The quick "brown" {fox} [\\] jumps.'
