@@ -54,7 +54,11 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         server: redis_server.RedisServer = request.getfixturevalue(server_fixture)
         server.flushall()
         redis_limiter = redis_limits.RedisLimiter(
-            server.url, reservation_ttl_s=RESERVATION_TTL_S, operation_timeout_s=10, socket_timeout_s=10
+            server.url,
+            reservation_ttl_s=RESERVATION_TTL_S,
+            operation_timeout_s=10,
+            socket_timeout_s=10,
+            cluster=request.param == "redis-cluster",  # the cluster client: slot routing, MOVED handling
         )
 
         async def wipe_redis() -> base.Limiter:
@@ -532,3 +536,16 @@ async def test_the_cluster_node_refuses_scripts_that_cross_slots(
             await client.eval(script, 1, "llmk:{abc}:x", "llmk:{pool:abc}:y")  # type: ignore[misc]
     finally:
         await client.aclose()
+
+
+async def test_cluster_mode_from_the_url(redis_cluster_node: redis_server.RedisServer) -> None:
+    limiter = redis_limits.RedisLimiter(redis_cluster_node.url + "?cluster=true&socket_keepalive=true")
+    try:
+        pool = base.PoolLimit("p/b/team=url", spend_per_month_micro_usd=10, tokens_per_month=None)
+        reservation = admitted(
+            await limiter.reserve(request_for(new_key_id(), at(0), micro_usd=10, pools=(pool,)))
+        )
+        await limiter.settle(reservation, base.ActualUsage(input_tokens=1, micro_usd=10), at(1))
+        assert (await limiter.read_usage([], [pool.pool_id], at(2)))[pool.pool_id].month.micro_usd == 10
+    finally:
+        await limiter.close()

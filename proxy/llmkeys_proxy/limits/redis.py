@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,6 +85,7 @@ def _seed_args(seed: config.UsageSeed | None) -> tuple[str | int, ...]:
 class RedisLimiter(base.Limiter):
     """The fleet backend. `url` may be `redis://`, `rediss://` (TLS) or `unix://`, with
     `user:password@` for auth; URL query options (e.g. `ssl_ca_certs`) override the defaults here.
+    A Redis Cluster (any node as the URL) needs `cluster=True` or `?cluster=true` in the URL.
 
     Timeouts bound every call: an unreachable or slow Redis raises `LimiterUnavailable` within
     about `operation_timeout_s`. Scripts are idempotent, so the single immediate retry on a broken
@@ -99,6 +101,7 @@ class RedisLimiter(base.Limiter):
         operation_timeout_s: float = 1.5,
         max_connections: int = 64,
         reservation_ttl_s: float = 900.0,
+        cluster: bool | None = None,
     ) -> None:
         if reservation_ttl_s * 1000 <= periods.WINDOW_MS:
             # Window entries must be gone before their reservation can be swept as crashed.
@@ -106,21 +109,36 @@ class RedisLimiter(base.Limiter):
         self._prefix = prefix
         self._operation_timeout_s = operation_timeout_s
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        # Bounds the connections in use (per node, in a cluster) without failing when all are busy:
+        # waiting for one counts against the operation's time budget.
+        self._in_flight = asyncio.Semaphore(max_connections)
+        retry = redis_retry.Retry(
+            redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
+        )
+        self._client: redis.asyncio.Redis | redis.asyncio.RedisCluster
         try:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=operation_timeout_s,  # waiting for a free connection counts against the budget
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-                retry=redis_retry.Retry(
-                    redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
-                ),
-            )
+            url, url_says_cluster = _pop_cluster_flag(url)
+            if cluster if cluster is not None else url_says_cluster:
+                self._client = redis.asyncio.RedisCluster.from_url(
+                    url,
+                    max_connections=max_connections,
+                    socket_timeout=socket_timeout_s,
+                    socket_connect_timeout=connect_timeout_s,
+                    retry=retry,
+                )
+            else:
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=max_connections,
+                    timeout=operation_timeout_s,
+                    socket_timeout=socket_timeout_s,
+                    socket_connect_timeout=connect_timeout_s,
+                    retry=retry,
+                )
+                self._client = redis.asyncio.Redis.from_pool(pool)
         except ValueError:
             # The parser's message can quote parts of the URL, password included.
             raise ValueError("invalid Redis URL (expected redis://, rediss:// or unix://)") from None
-        self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
 
     # -- key layout --------------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class RedisLimiter(base.Limiter):
         scopes = [(key_id, self._base(key_id, is_pool=False)) for key_id in key_ids]
         scopes += [(pool_id, self._base(pool_id, is_pool=True)) for pool_id in pool_ids]
         try:
-            async with asyncio.timeout(self._operation_timeout_s):
+            async with asyncio.timeout(self._operation_timeout_s), self._in_flight:
                 pipe = self._client.pipeline(transaction=False)
                 for _, scope in scopes:
                     pipe.hmget(scope + "d:" + day, _USAGE_FIELDS)
@@ -332,7 +350,7 @@ class RedisLimiter(base.Limiter):
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(self._operation_timeout_s):
+            async with asyncio.timeout(self._operation_timeout_s), self._in_flight:
                 return bool(await self._client.ping())
         except (redis.exceptions.RedisError, OSError, TimeoutError):
             return False
@@ -345,7 +363,7 @@ class RedisLimiter(base.Limiter):
     async def _run(self, calls: Sequence[_Call]) -> list[Any]:
         """Run the calls in one pipelined round trip (EVALSHA; loads scripts a restarted Redis lacks)."""
         try:
-            async with asyncio.timeout(self._operation_timeout_s):
+            async with asyncio.timeout(self._operation_timeout_s), self._in_flight:
                 results = await self._evalsha(calls)
                 missing = [
                     i
@@ -368,13 +386,26 @@ class RedisLimiter(base.Limiter):
     async def _evalsha(self, calls: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            # execute_command, not evalsha(): the cluster pipeline blocks the latter but routes this
+            # by the script's keys all the same.
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         return list(await pipe.execute(raise_on_error=False))
 
 
 def _release_call(scope_base: str, reservation_id: str, now_ms: int, *, cancel: bool) -> _Call:
     keys = (scope_base + "w", scope_base + "wt", scope_base + "r", scope_base + "rx")
     return _Call(_RELEASE, keys, (now_ms, reservation_id, scope_base, "1" if cancel else "0"))
+
+
+def _pop_cluster_flag(url: str) -> tuple[str, bool]:
+    """The URL without our own `cluster` query option (redis-py would refuse it), and its value."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    flags = [value.lower() in ("1", "true", "yes") for name, value in query if name == "cluster"]
+    if not flags:
+        return url, False
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "cluster"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), flags[-1]
 
 
 def _digest(value: str) -> str:
