@@ -2,7 +2,7 @@
 
 Called by `cli` (`add_arguments`/`run`) and by tests and benches (`serve`, with their own
 connection info and stop/ready flags). kopf settings: progress and diff-base kept in annotations
-under `llmkeys.io`, our own finalizer name (no handler needs one today), kopf's liveness
+under `kopf.llmkeys.io`, our own finalizer name (no handler needs one today), kopf's liveness
 endpoint on `LLMKEYS_LIVENESS_PORT`, and kopf's peering off: replicas coordinate through a Lease
 instead (see `leader`); a standby answers /healthz itself until it leads.
 """
@@ -25,6 +25,9 @@ import kopf
 from llmkeys_operator import handlers, kube, leader, runtime, settings
 
 logger = logging.getLogger("llmkeys.operator")
+
+#: Annotation prefix of kopf's bookkeeping (handler progress, last handled spec).
+KOPF_PREFIX = "kopf.llmkeys.io"
 
 KopfTweak = Callable[[kopf.OperatorSettings], None]
 
@@ -64,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
 def kopf_settings(operator_settings: settings.OperatorSettings) -> kopf.OperatorSettings:
     """kopf's settings for this operator (tests adjust a few for the API emulator)."""
     configured = kopf.OperatorSettings()
-    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="llmkeys.io")
+    # A sub-domain prefix: kopf ignores every annotation under its storage prefix when diffing,
+    # and `llmkeys.io/rotate` must count as a change.
+    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="llmkeys.io", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     configured.persistence.finalizer = "llmkeys.io/finalizer"
     # kopf's own Events only for problems; lifecycle Events come from `events`, rate-bounded.
