@@ -13,5 +13,5 @@ if command -v apt-get >/dev/null 2>&1; then
   # The package starts a system instance on :6379; the tests do not use it.
   exit 0
 fi
-echo "redis-server is required for the tests: install Redis (>= 6.2) or Valkey and put redis-server on PATH" >&2
+echo "redis-server is required for the tests: install Redis (>= 7.0) or Valkey and put redis-server on PATH" >&2
 exit 1
