@@ -16,6 +16,7 @@ import base64
 import functools
 import hashlib
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,6 @@ def _parse_ranks(data: bytes) -> dict[bytes, int]:
     return ranks
 
 
-@functools.cache
 def _read_verified(path: Path, sha256: str) -> bytes:
     try:
         data = path.read_bytes()
@@ -194,20 +194,40 @@ def _read_verified(path: Path, sha256: str) -> bytes:
     return data
 
 
-@functools.cache
+_LOAD_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, Path], tiktoken.Encoding] = {}
+
+
 def load_encoding(name: str, directory: Path = ENCODINGS_DIR) -> tiktoken.Encoding:
     """The named encoding built from the shipped (hash-verified) rank file; cached per process.
 
     Raises KeyError for an encoding we do not ship and EncodingIntegrityError for a bad file.
+    Loading takes a fraction of a second: call `preload_encodings` at start-up, not on a request.
     """
+    key = (name, directory)
+    encoding = _LOADED.get(key)
+    if encoding is not None:
+        return encoding
     spec = ENCODINGS[name]
-    data = _read_verified(directory / spec.file, spec.sha256)
-    return tiktoken.Encoding(
-        name=spec.name,
-        pat_str=spec.pattern,
-        mergeable_ranks=_parse_ranks(data),
-        special_tokens=dict(spec.special_tokens),
-    )
+    with _LOAD_LOCK:  # estimates may run in worker threads: build each encoding once
+        encoding = _LOADED.get(key)
+        if encoding is None:
+            data = _read_verified(directory / spec.file, spec.sha256)
+            encoding = tiktoken.Encoding(
+                name=spec.name,
+                pat_str=spec.pattern,
+                mergeable_ranks=_parse_ranks(data),
+                special_tokens=dict(spec.special_tokens),
+            )
+            _LOADED[key] = encoding
+    return encoding
+
+
+def preload_encodings(names: tuple[str, ...] = ("o200k_base", "cl100k_base")) -> None:
+    """Load (and verify) encodings ahead of traffic; raises EncodingIntegrityError on a bad file,
+    so a broken image fails at start-up rather than on the first request."""
+    for name in names:
+        load_encoding(name)
 
 
 _MODEL_PREFIXES = ("openai/", "azure/", "models/", "ft:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import shutil
 import socket
@@ -28,11 +29,11 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(tiktoken.load, "read_file", refuse)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", refuse)
-    usage.load_encoding.cache_clear()
-    usage._read_verified.cache_clear()
+    saved = dict(usage._LOADED)
+    usage._LOADED.clear()
     yield cache
-    usage.load_encoding.cache_clear()
-    usage._read_verified.cache_clear()
+    usage._LOADED.clear()
+    usage._LOADED.update(saved)
 
 
 def test_shipped_files_match_tiktoken_published_hashes() -> None:
@@ -128,3 +129,17 @@ def test_count_tokens_treats_special_tokens_as_text() -> None:
     assert usage.count_tokens("gpt-4o", "hello world") == 2
     # A prompt containing a special-token look-alike must not raise nor collapse into one token.
     assert usage.count_tokens("gpt-4o", "<|endoftext|>") > 1
+
+
+def test_preload_encodings(no_network: Path) -> None:
+    usage.preload_encodings()
+    loaded = {key[0]: encoding for key, encoding in usage._LOADED.items()}
+    assert set(loaded) == {"o200k_base", "cl100k_base"}
+    assert usage.encoding_for_model("gpt-4o") is loaded["o200k_base"]
+    assert usage.encoding_for_model("gpt-4") is loaded["cl100k_base"]
+
+
+def test_concurrent_first_loads_build_one_encoding(no_network: Path) -> None:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: usage.load_encoding("cl100k_base"), range(8)))
+    assert all(result is results[0] for result in results)
