@@ -111,6 +111,33 @@ async def test_restarted_empty_redis_recovers_month_counters_from_the_seed(
     assert after[pool.pool_id].month.micro_usd == 10_000
 
 
+async def test_settlements_redis_missed_are_replayed_when_it_returns(
+    private_redis: redis_server.RedisServer, limiter: redis_limits.RedisLimiter
+) -> None:
+    key = new_key_id()
+    seed = config.UsageSeed(period="2031-05", requests=2, tokens=20, micro_usd=200)
+    decision = await limiter.reserve(request_for(key, month_usage_seed=seed))
+    assert decision.reservation is not None
+    private_redis.kill()
+    actual = base.ActualUsage(input_tokens=3, output_tokens=2, micro_usd=50)
+    with pytest.raises(base.LimiterUnavailable):
+        await limiter.settle(decision.reservation, actual, NOW)
+    # Served under policy Allow while Redis was away: counted too.
+    allowed = request_for(key, month_usage_seed=seed)
+    with pytest.raises(base.LimiterUnavailable):
+        await limiter.settle(base.unreserved(allowed), actual, NOW)
+    assert limiter.settle_backlog == 2
+
+    private_redis.restart()
+    async with asyncio.timeout(GIVE_UP_S):
+        assert await limiter.ping()  # the first answer starts the replay
+        while limiter.settle_backlog:
+            await asyncio.sleep(0.02)
+    month = (await limiter.read_usage([key], [], NOW))[key].month
+    # Re-seeded (Redis came back empty), then both settlements counted once.
+    assert (month.requests, month.micro_usd, month.total_tokens) == (4, 300, 30)
+
+
 async def test_hanging_redis_times_out_as_unavailable() -> None:
     """A server that accepts connections and never answers (a network black hole)."""
     accepted: list[asyncio.StreamWriter] = []

@@ -426,6 +426,26 @@ async def test_settle_after_the_reservation_expired_still_counts(backend: Backen
     admitted(await limiter.reserve(request_for(key, at(202), tokens=699, tokens_per_day=1000)))
 
 
+async def test_requests_served_without_a_reservation_are_counted(backend: Backend) -> None:
+    """Limiter unavailable under policy Allow: the proxy settles a stand-in reservation afterwards."""
+    key = new_key_id()
+    pool = base.PoolLimit("p/b/team=allow", spend_per_month_micro_usd=1000, tokens_per_month=None)
+    request = request_for(key, at(0), tokens=10, micro_usd=10, pools=(pool,), spend_per_month_micro_usd=1000)
+    actual = base.ActualUsage(input_tokens=6, output_tokens=4, micro_usd=900)
+    await backend.limiter.settle(base.unreserved(request), actual, at(1))
+    usage = await backend.limiter.read_usage([key], [pool.pool_id], at(2))
+    assert (usage[key].month.requests, usage[key].month.total_tokens, usage[key].month.micro_usd) == (
+        1,
+        10,
+        900,
+    )
+    assert usage[pool.pool_id].month.micro_usd == 900
+    denied = await backend.limiter.reserve(
+        request_for(key, at(3), micro_usd=101, spend_per_month_micro_usd=1000)
+    )
+    assert denied.code == "budget_exceeded"
+
+
 # -- re-seeding after a loss ------------------------------------------------------------------------
 
 

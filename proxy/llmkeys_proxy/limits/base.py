@@ -8,6 +8,7 @@ of every counter a request touches), then exactly one of `settle` (actual usage 
 from __future__ import annotations
 
 import abc
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -146,6 +147,22 @@ class SeedTarget:
     day: config.UsageSeed | None = None
 
 
+def unreserved(request: ReserveRequest, now: datetime | None = None) -> Reservation:
+    """A stand-in reservation for a request served without one (limiter unavailable, key policy
+    Allow): settling it counts the request's actual usage, as for any reservation that expired."""
+    return Reservation(
+        id="u" + secrets.token_hex(8),
+        key_id=request.key_id,
+        pool_ids=tuple(pool.pool_id for pool in request.pools),
+        tokens=0,
+        micro_usd=0,
+        created_at=now or request.now,
+        month_usage_seed=request.month_usage_seed,
+        day_usage_seed=request.day_usage_seed,
+        pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
+    )
+
+
 class Limiter(abc.ABC):
     """One interface, two backends (`RedisLimiter`, `MemoryLimiter`), one shared test suite."""
 
@@ -155,7 +172,9 @@ class Limiter(abc.ABC):
 
     @abc.abstractmethod
     async def settle(self, reservation: Reservation, usage: ActualUsage, now: datetime) -> None:
-        """Replace the reservation with actual usage (counters, windows, spend)."""
+        """Replace the reservation with actual usage (counters, windows, spend). Idempotent.
+        Raises LimiterUnavailable when the backend is down; `RedisLimiter` keeps such settlements
+        (bounded) and replays them once Redis answers again."""
 
     @abc.abstractmethod
     async def refund(self, reservation: Reservation, now: datetime) -> None:

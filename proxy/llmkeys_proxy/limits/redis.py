@@ -21,9 +21,11 @@ hold capacity and cause a concurrent request near the same limit to be denied (n
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import importlib.resources
+import logging
 import secrets
 import urllib.parse
 from collections.abc import Sequence
@@ -38,6 +40,8 @@ from redis.asyncio import retry as redis_retry
 
 from llmkeys_proxy import config
 from llmkeys_proxy.limits import base, decisions, periods
+
+logger = logging.getLogger("llmkeys.limits.redis")
 
 _USAGE_FIELDS = (b"req", b"in", b"cin", b"out", b"usd", b"last", b"stok")
 
@@ -102,6 +106,7 @@ class RedisLimiter(base.Limiter):
         max_connections: int = 64,
         reservation_ttl_s: float = 900.0,
         cluster: bool | None = None,
+        settle_backlog: int = 100_000,
     ) -> None:
         if reservation_ttl_s * 1000 <= periods.WINDOW_MS:
             # Window entries must be gone before their reservation can be swept as crashed.
@@ -109,6 +114,9 @@ class RedisLimiter(base.Limiter):
         self._prefix = prefix
         self._operation_timeout_s = operation_timeout_s
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        # Settlements Redis did not take (it was down); replayed, oldest first, once it answers.
+        self._backlog: collections.deque[tuple[_Call, ...]] = collections.deque(maxlen=settle_backlog)
+        self._replay_task: asyncio.Task[None] | None = None
         # Bounds the connections in use (per node, in a cluster) without failing when all are busy:
         # waiting for one counts against the operation's time budget.
         self._in_flight = asyncio.Semaphore(max_connections)
@@ -298,7 +306,28 @@ class RedisLimiter(base.Limiter):
         seeds = reservation.pool_month_usage_seeds or (None,) * len(reservation.pool_ids)
         for pool_id, seed in zip(reservation.pool_ids, seeds, strict=True):
             calls.append(settle_call(self._base(pool_id, is_pool=True), seed, None))
-        await self._run(calls)
+        try:
+            await self._run(calls)
+        except base.LimiterUnavailable:
+            # Kept for replay; the scripts are idempotent, so a settle that did land (its reply lost)
+            # is not counted twice.
+            self._backlog.append(tuple(calls))
+            raise
+
+    @property
+    def settle_backlog(self) -> int:
+        """Settlements waiting for Redis to answer again."""
+        return len(self._backlog)
+
+    async def _replay(self) -> None:
+        while self._backlog:
+            calls = self._backlog[0]
+            try:
+                await self._run(calls)
+            except base.LimiterUnavailable:
+                return  # still unreachable: the next successful call starts over
+            if self._backlog and self._backlog[0] is calls:
+                self._backlog.popleft()
 
     async def refund(self, reservation: base.Reservation, now: datetime) -> None:
         now_ms = periods.epoch_ms(now)
@@ -351,11 +380,19 @@ class RedisLimiter(base.Limiter):
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self._operation_timeout_s), self._in_flight:
-                return bool(await self._client.ping())
+                answered = bool(await self._client.ping())
         except (redis.exceptions.RedisError, OSError, TimeoutError):
             return False
+        self._resume_replay()  # readiness probes resume replay even without traffic
+        return answered
 
     async def close(self) -> None:
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replay_task
+        if self._backlog:
+            logger.warning("%d settlements never reached Redis and are dropped", len(self._backlog))
         await self._client.aclose()
 
     # -- running scripts ----------------------------------------------------------------------------
@@ -381,7 +418,13 @@ class RedisLimiter(base.Limiter):
         for result in results:
             if isinstance(result, Exception):
                 raise _unavailable(result) from result
+        self._resume_replay()
         return results
+
+    def _resume_replay(self) -> None:
+        """Redis answered: replay kept settlements in the background (one replayer at a time)."""
+        if self._backlog and (self._replay_task is None or self._replay_task.done()):
+            self._replay_task = asyncio.create_task(self._replay(), name="llmkeys-settle-replay")
 
     async def _evalsha(self, calls: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
