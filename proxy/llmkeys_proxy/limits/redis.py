@@ -16,6 +16,9 @@ cluster) cannot make scripts on different slots atomic together, so each scope a
 its own; if any denies, the client cancels what the others reserved (second round trip, deny path
 only). Guarantee: no scope ever admits beyond its limits; a request cancelled this way may briefly
 hold capacity and cause a concurrent request near the same limit to be denied (never over-admit).
+
+Time is the caller's `now` (the proxies' clocks, NTP-synchronised): windows are exact across
+replicas up to the clock skew between them. Settlements Redis misses are kept and replayed.
 """
 
 from __future__ import annotations
