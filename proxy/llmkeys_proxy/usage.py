@@ -230,7 +230,8 @@ def preload_encodings(names: tuple[str, ...] = ("o200k_base", "cl100k_base")) ->
         load_encoding(name)
 
 
-_MODEL_PREFIXES = ("openai/", "azure/", "models/", "ft:")
+#: Routing prefixes some clients put before OpenAI model names (tiktoken knows `ft:` itself).
+_MODEL_PREFIXES = ("openai/", "azure/", "models/")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -238,7 +239,7 @@ def encoding_name_for_model(model: str) -> str:
     """tiktoken's model map (shipped encodings only); unknown models get `DEFAULT_ENCODING`."""
     name = model
     for prefix in _MODEL_PREFIXES:
-        if name.startswith(prefix) and prefix != "ft:":
+        if name.startswith(prefix):
             name = name[len(prefix) :]
     try:
         encoding = str(tiktoken.model.encoding_name_for_model(name))

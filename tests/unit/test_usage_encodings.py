@@ -112,6 +112,8 @@ def test_unshipped_encoding_is_a_key_error() -> None:
         ("text-embedding-3-small", "cl100k_base"),
         ("text-embedding-ada-002", "cl100k_base"),
         ("openai/gpt-4", "cl100k_base"),
+        ("ft:gpt-3.5-turbo:acme::x1", "cl100k_base"),
+        ("ft:gpt-4o-mini-2024-07-18:acme::x1", "o200k_base"),
         ("gpt-oss-120b", "o200k_harmony"),
         ("text-davinci-003", "cl100k_base"),  # p50k not shipped: closest successor
         ("claude-sonnet-4-5", "o200k_base"),
