@@ -1,0 +1,29 @@
+"""README.md tells the truth: its error-code table equals the proxy's code table, and its two
+commands are the Makefile targets CI runs."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from llmkeys_proxy import errors
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_error_code_table_matches_the_proxy() -> None:
+    section = README.split("<!-- error-codes:", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", section, flags=re.MULTILINE)
+    documented = {code: int(status) for code, status in rows}
+    actual = {code: row.status for code, row in errors.CODES.items()}
+    assert documented == actual
+
+
+def test_the_two_commands_exist_and_ci_runs_the_test_command() -> None:
+    commands = re.findall(r"^make (\w+)\s+#", README, flags=re.MULTILINE)
+    assert commands == ["demo", "test"]
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    for target in commands:
+        assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), target
+    assert "make test" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
