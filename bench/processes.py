@@ -59,6 +59,13 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds consumed so far by `pids` (processes that vanished count 0)."""
     total = 0
@@ -98,9 +105,10 @@ class ManagedProcess:
         return [self.pid, *children_of(self.pid)]
 
     def workers(self) -> list[int]:
-        """Processes that serve requests: the children when there are any, otherwise this process.
-        (taskset execs the command, so the pid is the command itself.)"""
-        return children_of(self.pid) or [self.pid]
+        """Processes that serve requests: the children when there are any (multiprocessing's
+        resource tracker aside), otherwise this process (taskset execs, so the pid is the command)."""
+        children = [pid for pid in children_of(self.pid) if b"resource_tracker" not in _cmdline(pid)]
+        return children or [self.pid]
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
