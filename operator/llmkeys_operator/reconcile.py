@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -185,6 +186,33 @@ def _one(store: Iterable[Any]) -> Any:
     return None
 
 
+class InFlightWrites:
+    """Writes whose watch echo the indexes have not shown yet, so the next publish (often run
+    before the echo arrives) does not write the same thing again. An entry counts for `ttl_s`
+    only: if the echo never shows it (kopf coalesced it with a later edit by someone else), the
+    index is trusted again and the write repeated."""
+
+    def __init__(self, ttl_s: float = 3.0) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[Any, tuple[str, float]] = {}
+
+    def record(self, key: Any, value: Any) -> None:
+        self._items[key] = (_canonical(value), time.monotonic())
+
+    def pending(self, key: Any, value: Any) -> bool:
+        item = self._items.get(key)
+        return item is not None and item[0] == _canonical(value) and time.monotonic() - item[1] < self.ttl_s
+
+    def settle(self, key: Any) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        now = time.monotonic()
+        for key in [k for k, (_, at) in self._items.items() if now - at >= self.ttl_s]:
+            del self._items[key]
+        return len(self._items)
+
+
 @dataclasses.dataclass
 class ReconcileContext:
     """Per-process state shared by the handlers (kept in kopf's memo)."""
@@ -198,10 +226,10 @@ class ReconcileContext:
     secret_conflicts: dict[ObjectRef, str] = dataclasses.field(default_factory=dict)
     #: resourceVersions of key Secrets we wrote, to skip the watch echo of our own writes.
     own_secret_versions: dict[ObjectRef, str] = dataclasses.field(default_factory=dict)
-    #: Config Secret name -> content we wrote and the index has not shown yet.
-    config_in_flight: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: Status we patched and the index has not shown yet, per (kind, ref).
-    status_in_flight: dict[tuple[str, ObjectRef], dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: Config Secret contents we wrote and the index has not shown yet.
+    config_in_flight: InFlightWrites = dataclasses.field(default_factory=lambda: InFlightWrites())
+    #: Statuses we patched and the index has not shown yet, per (plural, ref).
+    status_in_flight: InFlightWrites = dataclasses.field(default_factory=lambda: InFlightWrites())
     #: Next instant each key changes by itself; the key's daemon sleeps until then.
     deadlines: dict[ObjectRef, datetime] = dataclasses.field(default_factory=dict)
     deadlines_changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -222,7 +250,7 @@ class ReconcileContext:
         self.secret_conflicts.pop(ref, None)
         self.deadlines.pop(ref, None)
         self._locks.pop(ref, None)
-        self.status_in_flight.pop(("virtualkeys", ref), None)
+        self.status_in_flight.settle(("virtualkeys", ref))
 
     def virtual_key(self, ref: ObjectRef) -> IndexedVirtualKey | None:
         if self.indexes is None or ref not in self.indexes.virtual_keys:
@@ -480,6 +508,10 @@ async def run_publisher(ctx: ReconcileContext) -> None:
         try:
             await publish(ctx, _now())
             failures = 0
+            if len(ctx.config_in_flight) or len(ctx.status_in_flight):
+                # Re-check once the echoes are overdue, in case none ever comes.
+                loop = asyncio.get_running_loop()
+                loop.call_later(ctx.config_in_flight.ttl_s + 0.1, ctx.request_publish)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -548,13 +580,13 @@ async def write_config(
     key shards. Providers first: a new key never points at a provider the proxy has not seen."""
     namespace = ctx.settings.namespace
     documents = config_documents(proxy_config)
-    for name, content in list(ctx.config_in_flight.items()):
-        if current.get(name) == content or (name not in documents and name not in current):
-            del ctx.config_in_flight[name]
     writes = 0
     for name in sorted(documents, key=lambda n: n != CONFIG_SECRET_PROVIDERS):
         kind, source_namespace, content = documents[name]
-        if current.get(name) == content or ctx.config_in_flight.get(name) == content:
+        if current.get(name) == content:
+            ctx.config_in_flight.settle(name)
+            continue
+        if ctx.config_in_flight.pending(name, content):
             continue
         body = config_secret_body(name, namespace, kind, source_namespace, content)
         written = None
@@ -568,12 +600,12 @@ async def write_config(
                 await ctx.kube.patch(
                     kube.SECRETS, namespace, name, {"metadata": body["metadata"], "data": body["data"]}
                 )
-        ctx.config_in_flight[name] = content
+        ctx.config_in_flight.record(name, content)
         writes += 1
     for name in sorted(current):
         if name.startswith(CONFIG_SECRET_KEYS_PREFIX) and name not in documents:
             await ctx.kube.delete(kube.SECRETS, namespace, name)
-            ctx.config_in_flight.pop(name, None)
+            ctx.config_in_flight.settle(name)
             writes += 1
     if writes:
         logger.info(
@@ -695,14 +727,14 @@ async def _patch_status(
     key = (resource.plural, ref)
     changes = status_changes(current, desired)
     if changes is None:
-        ctx.status_in_flight.pop(key, None)
+        ctx.status_in_flight.settle(key)
         return False
-    if ctx.status_in_flight.get(key) == desired:
+    if ctx.status_in_flight.pending(key, desired):
         return False  # written already; the watch has not shown it yet
     namespace = ref[0] or None
     written = await ctx.kube.patch(resource, namespace, ref[1], {"status": changes}, subresource="status")
     if written is not None:
-        ctx.status_in_flight[key] = desired
+        ctx.status_in_flight.record(key, desired)
     return True
 
 

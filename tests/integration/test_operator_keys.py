@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests import kmock_cluster as kc
@@ -100,3 +101,209 @@ async def test_virtual_key_gets_secret_config_and_status(
     # No key material anywhere but the key Secret.
     for obj in kube_cluster.live_objects(kc.VIRTUALKEYS) + kube_cluster.live_objects(kc.EVENTS):
         assert parsed.secret not in json.dumps(obj)
+
+
+async def test_restart_does_not_regenerate_any_key(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    first = await kc.start_operator(str(kube_cluster.url), kc.operator_settings())
+    operator_threads.append(first)
+    for name in ("a", "b", "c"):
+        await cluster_client.create(kc.VIRTUALKEYS, virtual_key(name))
+    for name in ("a", "b", "c"):
+        await cluster_client.wait_for(kc.VIRTUALKEYS, NS, name, lambda o: ready(o) == ("True", "Active"))
+    before = {n: cluster_client.get(kc.SECRETS, NS, f"{n}-llm-key") for n in ("a", "b", "c")}
+    shards_before = config_keys(kube_cluster)
+    await first.stop()
+
+    second = await kc.start_operator(str(kube_cluster.url), kc.operator_settings())
+    operator_threads.append(second)
+    # A change after the restart proves the new operator is working before we compare.
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("d"))
+    await cluster_client.wait_for(kc.VIRTUALKEYS, NS, "d", lambda o: ready(o) == ("True", "Active"))
+    for name, secret in before.items():
+        after = cluster_client.get(kc.SECRETS, NS, f"{name}-llm-key")
+        assert after is not None and secret is not None
+        assert after["data"] == secret["data"]
+        assert (
+            after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
+        )  # not even rewritten
+    shards_after = config_keys(kube_cluster)
+    for name in ("a", "b", "c"):
+        assert shards_after[f"{NS}/{name}"] == shards_before[f"{NS}/{name}"]
+
+
+async def test_deleted_secret_is_reissued_edited_secret_repaired_foreign_secret_left_alone(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    operator_threads.append(await kc.start_operator(str(kube_cluster.url), kc.operator_settings()))
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("svc"))
+    secret = await cluster_client.wait_for(kc.SECRETS, NS, "svc-llm-key", lambda o: o is not None)
+    original = secret_data(secret)["api-key"]
+    original_id = keys.parse_key(original).key_id  # type: ignore[union-attr]
+
+    # A user edits an env entry: it is put back, the key itself does not change.
+    tampered = base64.b64encode(b"sk-something-else").decode()
+    await cluster_client.patch(kc.SECRETS, NS, "svc-llm-key", {"data": {"OPENAI_API_KEY": tampered}})
+    await cluster_client.wait_for(
+        kc.SECRETS, NS, "svc-llm-key", lambda o: secret_data(o)["OPENAI_API_KEY"] == original, what="repair"
+    )
+    assert secret_data(cluster_client.get(kc.SECRETS, NS, "svc-llm-key"))["api-key"] == original
+
+    # The Secret is deleted: the key material is gone, so a new key is issued under the same id.
+    await cluster_client.delete(kc.SECRETS, NS, "svc-llm-key")
+    reissued = await cluster_client.wait_for(
+        kc.SECRETS, NS, "svc-llm-key", lambda o: o is not None and secret_data(o)["api-key"] != original
+    )
+    new_key = keys.parse_key(secret_data(reissued)["api-key"])
+    assert new_key is not None and new_key.key_id == original_id
+
+    def config_has_new_hash(_: object) -> bool:
+        entry = config_keys(kube_cluster).get(f"{NS}/svc")
+        return entry is not None and [h.sha256 for h in entry.hashes] == [keys.hash_secret(new_key.secret)]
+
+    await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "svc", config_has_new_hash, what="config with the new hash"
+    )
+
+    # A Secret of the wanted name that is not ours is never overwritten.
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "taken-llm-key", "namespace": NS},
+        "data": {"password": base64.b64encode(b"hunter2").decode()},
+    }
+    await cluster_client.create(kc.SECRETS, foreign)
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("taken"))
+    vk = await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "taken", lambda o: ready(o) == ("False", "SecretConflict"), what="SecretConflict"
+    )
+    secret_ready = kc.condition(vk, "SecretReady")
+    assert secret_ready is not None and secret_ready["reason"] == "SecretConflict"
+    assert "not owned by this VirtualKey" in secret_ready["message"]
+    assert cluster_client.get(kc.SECRETS, NS, "taken-llm-key")["data"] == foreign["data"]  # type: ignore[index]
+    assert f"{NS}/taken" not in config_keys(kube_cluster)
+
+
+async def test_expiry_flips_ready_at_expires_at_and_events_are_posted(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    operator_threads.append(await kc.start_operator(str(kube_cluster.url), kc.operator_settings()))
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("temp", expiresAt=expires))
+    vk = await cluster_client.wait_for(kc.VIRTUALKEYS, NS, "temp", lambda o: ready(o) == ("True", "Active"))
+    assert vk is not None and vk["status"]["expiresAt"] == expires
+    # Nothing is written to the object: the operator's own deadline flips it.
+    vk = await cluster_client.wait_for(kc.VIRTUALKEYS, NS, "temp", lambda o: ready(o) == ("False", "Expired"))
+    assert vk is not None
+    flipped = kc.condition(vk, "Ready")
+    assert flipped is not None and flipped["lastTransitionTime"] >= expires
+    assert config_keys(kube_cluster)[f"{NS}/temp"].expires_at is not None
+
+    def reasons() -> set[str]:
+        return {
+            e["reason"]
+            for e in kube_cluster.live_objects(kc.EVENTS, NS)
+            if e["involvedObject"]["name"] == "temp" and e["involvedObject"]["kind"] == "VirtualKey"
+        }
+
+    await cluster_client.wait_for(kc.VIRTUALKEYS, NS, "temp", lambda _: {"KeyIssued", "Expired"} <= reasons())
+
+
+async def test_interval_rotation_and_statuses_of_credentials_and_policies(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    await cluster_client.create(
+        kc.CREDENTIALS,
+        {
+            "apiVersion": kc.GROUP_VERSION,
+            "kind": "ProviderCredential",
+            "metadata": {"name": "openai", "namespace": kc.GATEWAY_NAMESPACE},
+            "spec": {"provider": "openai", "secretRef": {"name": "openai-key", "key": "api-key"}},
+        },
+    )
+    await cluster_client.create(
+        kc.POLICIES,
+        {
+            "apiVersion": kc.GROUP_VERSION,
+            "kind": "LLMPolicy",
+            "metadata": {"name": "all"},
+            "spec": {"defaults": {"tokensPerDay": 1000}},
+        },
+    )
+    operator_threads.append(await kc.start_operator(str(kube_cluster.url), kc.operator_settings()))
+    await cluster_client.create(
+        kc.VIRTUALKEYS, virtual_key("rot", rotationInterval="2s", rotationGracePeriod="1s")
+    )
+    secret = await cluster_client.wait_for(kc.SECRETS, NS, "rot-llm-key", lambda o: o is not None)
+    first = secret_data(secret)["api-key"]
+    await cluster_client.wait_for(
+        kc.SECRETS, NS, "rot-llm-key", lambda o: secret_data(o)["api-key"] != first, what="interval rotation"
+    )
+
+    credential = await cluster_client.wait_for(
+        kc.CREDENTIALS, kc.GATEWAY_NAMESPACE, "openai", lambda o: kc.condition(o, "Ready") is not None
+    )
+    assert ready(credential) == ("False", "SecretMissing")
+    await cluster_client.create(
+        kc.SECRETS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "openai-key", "namespace": kc.GATEWAY_NAMESPACE},
+            "data": {"api-key": base64.b64encode(b"sk-real-upstream").decode()},
+        },
+    )
+    credential = await cluster_client.wait_for(
+        kc.CREDENTIALS, kc.GATEWAY_NAMESPACE, "openai", lambda o: ready(o) == ("True", "Ready")
+    )
+    assert "sk-real-upstream" not in json.dumps(credential)
+    policy = await cluster_client.wait_for(
+        kc.POLICIES, None, "all", lambda o: (o or {}).get("status", {}).get("selectedKeys") == 1
+    )
+    assert ready(policy) == ("True", "Applied")
+
+
+async def test_tampered_config_secret_is_rewritten(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    operator_threads.append(await kc.start_operator(str(kube_cluster.url), kc.operator_settings()))
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("x"))
+    await cluster_client.wait_for(kc.VIRTUALKEYS, NS, "x", lambda o: ready(o) == ("True", "Active"))
+    good = config_keys(kube_cluster)[f"{NS}/x"]
+    shard_name = f"llmkeys-config-keys-{NS}-0"
+    empty = config.KeysShard(namespace=NS).model_dump_json()
+    await cluster_client.patch(
+        kc.SECRETS,
+        kc.GATEWAY_NAMESPACE,
+        shard_name,
+        {"data": {config.CONFIG_DATA_KEY: base64.b64encode(empty.encode()).decode()}},
+    )
+    await cluster_client.wait_for(
+        kc.SECRETS,
+        kc.GATEWAY_NAMESPACE,
+        shard_name,
+        lambda _: config_keys(kube_cluster).get(f"{NS}/x") == good,
+    )
+    await cluster_client.delete(kc.SECRETS, kc.GATEWAY_NAMESPACE, shard_name)
+    await cluster_client.wait_for(
+        kc.SECRETS,
+        kc.GATEWAY_NAMESPACE,
+        shard_name,
+        lambda _: config_keys(kube_cluster).get(f"{NS}/x") == good,
+    )
