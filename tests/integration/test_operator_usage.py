@@ -74,7 +74,7 @@ async def test_status_usage_and_pool_usage_after_traffic_and_reseed_after_redis_
                     model="mock-small", messages=[{"role": "user", "content": "hello"}], max_tokens=8
                 )
                 sent += 1
-            except openai.AuthenticationError:  # the proxy has not seen the key yet
+            except (openai.AuthenticationError, openai.InternalServerError):  # config or key not seen yet
                 assert loop.time() < deadline, "the key never became usable"
                 await asyncio.sleep(0.05)
         await proxy.settled()
