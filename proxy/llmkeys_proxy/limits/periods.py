@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,10 @@ MONTH_COUNTER_GRACE = timedelta(days=35)
 
 def as_utc(now: datetime) -> datetime:
     """`now` in UTC; a naive datetime is taken to be UTC already."""
-    if now.tzinfo is None:
+    tz = now.tzinfo
+    if tz is UTC:
+        return now  # the common case (the proxy's clock), without a conversion
+    if tz is None:
         return now.replace(tzinfo=UTC)
     return now.astimezone(UTC)
 
@@ -25,14 +29,29 @@ def epoch_ms(now: datetime) -> int:
     return math.floor(as_utc(now).timestamp() * 1000)
 
 
+@functools.lru_cache(maxsize=64)
+def _calendar(year: int, month: int, day: int) -> tuple[str, str, datetime, datetime]:
+    """Day id, month id and the instants day and month counters expire, for one UTC date: every
+    request of a day asks for them twice (reserve, settle), so they are computed once."""
+    start = datetime(year, month, day, tzinfo=UTC)
+    return (
+        f"{year:04d}-{month:02d}-{day:02d}",
+        f"{year:04d}-{month:02d}",
+        day_end(start) + DAY_COUNTER_GRACE,
+        month_end(start) + MONTH_COUNTER_GRACE,
+    )
+
+
 def day_id(now: datetime) -> str:
     """The UTC day `YYYY-MM-DD` that `now` falls in."""
-    return as_utc(now).strftime("%Y-%m-%d")
+    utc = as_utc(now)
+    return _calendar(utc.year, utc.month, utc.day)[0]
 
 
 def month_id(now: datetime) -> str:
     """The UTC month `YYYY-MM` that `now` falls in."""
-    return as_utc(now).strftime("%Y-%m")
+    utc = as_utc(now)
+    return _calendar(utc.year, utc.month, utc.day)[1]
 
 
 def day_start(now: datetime) -> datetime:
@@ -68,9 +87,11 @@ def day_counter_ttl_s(now: datetime) -> int:
     """Seconds a day counter written at `now` should live: to the end of its day, plus grace.
 
     Relative (EXPIRE, not EXPIREAT) on purpose: tests inject a `now` far from the server's clock."""
-    return math.ceil((day_end(now) + DAY_COUNTER_GRACE - as_utc(now)).total_seconds())
+    utc = as_utc(now)
+    return math.ceil((_calendar(utc.year, utc.month, utc.day)[2] - utc).total_seconds())
 
 
 def month_counter_ttl_s(now: datetime) -> int:
     """Seconds a month counter written at `now` should live: to the end of its month, plus grace."""
-    return math.ceil((month_end(now) + MONTH_COUNTER_GRACE - as_utc(now)).total_seconds())
+    utc = as_utc(now)
+    return math.ceil((_calendar(utc.year, utc.month, utc.day)[3] - utc).total_seconds())
