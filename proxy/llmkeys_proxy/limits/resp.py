@@ -79,8 +79,30 @@ def parse_address(url: str) -> Address:
     )
 
 
+class _NotText(Exception):
+    """An argument that is neither str nor int: take the general path."""
+
+
+def _decimal(arg: Arg) -> str:
+    if arg.__class__ is int:
+        return str(arg)
+    raise _NotText
+
+
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP (an array of bulk strings)."""
+    # Fast path for the limiter's calls (ASCII str and int only): one str built, encoded once.
+    try:
+        texts = [arg if arg.__class__ is str else _decimal(arg) for arg in args]
+    except _NotText:
+        return _encode_any(args)
+    body = "".join([f"${len(text)}\r\n{text}\r\n" for text in texts])
+    if not body.isascii():  # lengths above are characters: right for ASCII only
+        return _encode_any(args)
+    return f"*{len(texts)}\r\n{body}".encode()
+
+
+def _encode_any(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
