@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.runs} runs x {args.duration:.0f} s)"
     )
     print("latencies are means over runs; +p50/+p99 = added against the direct scenario with the same load;")
-    print("noise = largest spread between runs of req/s or p50, in % of the mean")
+    print("noise = largest spread between runs of req/s or p50, in % of the mean; load CPU% = how busy the")
+    print("CPUs of upstream/Redis/wrk were (near 100: the load side, not the proxy, set the pace);")
+    print("CPU us/req = proxy CPU time per request (1e6 / it = req/s one core could serve)")
     print()
     print(report.format_table(report.TABLE_COLUMNS, report.table_rows(list(summaries.values()), failures)))
     print()

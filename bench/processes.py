@@ -79,6 +79,26 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def cpu_busy_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies so far of `cpus` together, from /proc/stat (idle and iowait not busy)."""
+    busy = total = 0
+    for line in pathlib.Path("/proc/stat").read_text().splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        values = [int(value) for value in rest.split()]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        total += sum(values[:8])  # guest time is already inside user time
+        busy += sum(values[:8]) - idle
+    return busy, total
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of time the CPUs were busy between two `cpu_busy_ticks` readings (anyone's work)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * 100 if total > 0 else 0.0
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process."""
     try:

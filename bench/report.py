@@ -42,7 +42,9 @@ TABLE_COLUMNS = (
     "+p50 ms",
     "+p99 ms",
     "proxy CPU%",
+    "CPU us/req",
     "RSS MB",
+    "load CPU%",
     "errors",
     "noise%",
 )
@@ -62,7 +64,9 @@ def table_rows(summaries: Sequence[stats.ScenarioSummary], failures: Mapping[str
                 _signed(summary.added_p50_ms),
                 _signed(summary.added_p99_ms),
                 _num(summary.proxy_cpu_percent, 0),
+                _num(summary.proxy_cpu_us_per_request, 0),
                 _num(summary.proxy_rss_mb, 1),
+                _num(summary.load_cpus_busy_percent, 0),
                 str(summary.errors),
                 _num(summary.noise_percent, 1),
             ]

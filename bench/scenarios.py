@@ -305,6 +305,7 @@ def run_scenario(
         )
     pids = proxy.tree() if proxy is not None else []
     cpu_before = processes.cpu_seconds(pids)
+    load_before = processes.cpu_busy_ticks(layout.load_cpus)
     started = time.monotonic()
     result = loadgen.run_wrk(
         url,
@@ -316,11 +317,14 @@ def run_scenario(
         cpus=layout.load_cpus,
     )
     wall = time.monotonic() - started
+    load_busy = processes.busy_percent(load_before, processes.cpu_busy_ticks(layout.load_cpus))
     if proxy is None:
-        return stats.RunMeasure(wrk=result)
+        return stats.RunMeasure(wrk=result, load_cpus_busy_percent=load_busy)
     cpu_percent = (processes.cpu_seconds(pids) - cpu_before) / wall * 100
     rss_mb = sum(processes.rss_bytes(pid) for pid in pids) / 2**20
-    return stats.RunMeasure(wrk=result, proxy_cpu_percent=cpu_percent, proxy_rss_mb=rss_mb)
+    return stats.RunMeasure(
+        wrk=result, proxy_cpu_percent=cpu_percent, proxy_rss_mb=rss_mb, load_cpus_busy_percent=load_busy
+    )
 
 
 def utc_timestamp() -> str:

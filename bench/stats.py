@@ -19,6 +19,9 @@ class RunMeasure:
     wrk: loadgen.WrkResult
     proxy_cpu_percent: float | None = None  # 100 = one core fully busy
     proxy_rss_mb: float | None = None  # summed over the proxy's processes, at the end of the run
+    #: How busy the load generator's CPUs were (upstream, Redis, wrk, and anything else running
+    #: there): near 100 means the load side, not the proxy, limited the run.
+    load_cpus_busy_percent: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,6 +42,10 @@ class ScenarioSummary:
     noise_percent: float  # max relative spread of req/s and p50 between runs
     proxy_cpu_percent: float | None
     proxy_rss_mb: float | None
+    load_cpus_busy_percent: float | None = None
+    #: Proxy CPU time per request in microseconds: robust to other load on the machine, and
+    #: 1e6 / it is what one core could serve if the proxy had it to itself.
+    proxy_cpu_us_per_request: float | None = None
     added_p50_ms: float | None = None  # against the matching direct-to-upstream scenario
     added_p99_ms: float | None = None
 
@@ -81,7 +88,15 @@ def summarize(
         noise_percent=max(relative_spread_percent(rates), relative_spread_percent(p50s)),
         proxy_cpu_percent=_mean_or_none([run.proxy_cpu_percent for run in runs]),
         proxy_rss_mb=_mean_or_none([run.proxy_rss_mb for run in runs]),
+        load_cpus_busy_percent=_mean_or_none([run.load_cpus_busy_percent for run in runs]),
+        proxy_cpu_us_per_request=_mean_or_none([_cpu_per_request_us(run) for run in runs]),
     )
+
+
+def _cpu_per_request_us(run: RunMeasure) -> float | None:
+    if run.proxy_cpu_percent is None or run.wrk.requests_per_s <= 0:
+        return None
+    return run.proxy_cpu_percent / 100 / run.wrk.requests_per_s * 1_000_000
 
 
 def with_added_latency(summary: ScenarioSummary, direct: ScenarioSummary | None) -> ScenarioSummary:

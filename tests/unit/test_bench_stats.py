@@ -174,3 +174,12 @@ def test_profile_summary_self_inclusive_and_packages() -> None:
     assert dict(summary.by_function_inclusive)["run (asyncio)"] == pytest.approx(1.0)
     assert dict(summary.by_function_self)["reserve (llmkeys_proxy/limits/redis.py)"] == pytest.approx(0.4)
     assert "60.0%  aiohttp" in profile.format_summary("t", summary)
+
+
+def test_cpu_time_per_request() -> None:
+    runs = [
+        stats.RunMeasure(_wrk(requests=2000), proxy_cpu_percent=60),
+        stats.RunMeasure(_wrk(requests=4000)),
+    ]
+    summary = stats.summarize("redis", "d", 32, False, runs)
+    assert summary.proxy_cpu_us_per_request == pytest.approx(300.0)  # 0.6 s of CPU for 2,000 requests
