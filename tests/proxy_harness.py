@@ -75,6 +75,8 @@ def proxy_config(
 class RunningProxy:
     url: str
     app: web.Application
+    #: Set when the proxy begins its graceful shutdown.
+    stop: asyncio.Event
 
     @property
     def state(self) -> ProxyState:
@@ -108,7 +110,7 @@ async def run_proxy(
     )
     try:
         port = await asyncio.wait_for(asyncio.shield(ready), 30)
-        yield RunningProxy(f"http://127.0.0.1:{port}", app)
+        yield RunningProxy(f"http://127.0.0.1:{port}", app, stop)
     finally:
         stop.set()
         await task

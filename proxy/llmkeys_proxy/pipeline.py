@@ -534,7 +534,12 @@ async def _stream(
         tail = meter.finish()
         if tail:
             await response.write(tail)
-        await response.write_eof()
+        if upstream.error is not None and request.transport is not None:
+            # The upstream broke off: end the client's response abruptly too (no final chunk), so
+            # its SDK reports a broken stream instead of taking a truncated answer as complete.
+            request.transport.abort()
+        else:
+            await response.write_eof()
     except ConnectionResetError:
         outcome.client_disconnected = True
     except Exception:
