@@ -1,7 +1,9 @@
 """A fake Anthropic Messages API speaking the real wire format; started by provider integration tests.
 
 POST /v1/messages (JSON and SSE streaming with message_start -> content_block_* -> ping ->
-message_delta (cumulative usage) -> message_stop) and POST /v1/messages/count_tokens. Every request
+message_delta (cumulative usage) -> message_stop) and POST /v1/messages/count_tokens; the same
+answers as Claude on Vertex AI (`.../publishers/anthropic/models/{m}:rawPredict|streamRawPredict`,
+OAuth token, `anthropic_version` in the body) when given a token endpoint. Every request
 is recorded (headers included) so tests can assert which credential arrived upstream. Knobs make
 it fail, cut a stream, or send an `event: error` after HTTP 200. Token counts are deterministic and
 deliberately differ from tiktoken's, so a test can tell provider-reported usage from an estimate.
@@ -15,6 +17,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from tests.fakes import google_token_server
 
 REPLY_WORDS = ("Hello", " from", " the", " fake", " Anthropic", " upstream", ".")
 
@@ -81,12 +84,17 @@ class FakeAnthropic:
     cut_stream_after_deltas: int | None = None
     #: Streams: send `event: error` (overloaded_error) after this many delta events.
     error_after_deltas: int | None = None
+    #: Accepts the OAuth tokens of this endpoint on the Claude-on-Vertex routes.
+    token_server: google_token_server.FakeGoogleToken | None = None
     requests: list[RecordedRequest] = dataclasses.field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post(
+            "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{target}", self._vertex
+        )
         return app
 
     def input_tokens(self, payload: dict[str, Any]) -> int:
@@ -141,6 +149,30 @@ class FakeAnthropic:
         if refusal is not None:
             return refusal
         assert payload is not None
+        return await self._reply(request, payload)
+
+    async def _vertex(self, request: web.Request) -> web.StreamResponse:
+        """Claude on Vertex AI: model and streaming in the URL, version in the body, OAuth token."""
+        body = await request.read()
+        self.requests.append(record(request, body))
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.token_server is None or not self.token_server.valid(token):
+            return anthropic_error(401, "authentication_error", "invalid authentication credentials")
+        model, _, method = request.match_info["target"].partition(":")
+        payload = json.loads(body)
+        if payload.get("anthropic_version") != "vertex-2023-10-16":
+            return anthropic_error(
+                400, "invalid_request_error", "anthropic_version: vertex-2023-10-16 required"
+            )
+        if model == "count-tokens" and method == "rawPredict":
+            return web.json_response({"input_tokens": self.input_tokens(payload)})
+        if "model" in payload:
+            return anthropic_error(400, "invalid_request_error", "model: Extra inputs are not permitted")
+        if method not in ("rawPredict", "streamRawPredict"):
+            return anthropic_error(404, "not_found_error", f"unknown method {method}")
+        return await self._reply(request, {**payload, "model": model, "stream": method == "streamRawPredict"})
+
+    async def _reply(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
         pieces = REPLY_WORDS[: self.output_tokens(payload)]
         stop_reason = "end_turn" if len(pieces) == len(REPLY_WORDS) else "max_tokens"
         message_id = "msg_" + uuid.uuid4().hex[:24]

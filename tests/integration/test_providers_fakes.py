@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -182,15 +181,27 @@ async def fake_bedrock(tls_files: tls.TlsFiles) -> AsyncIterator[tuple[bedrock_s
         yield fake, url
 
 
-def _boto_client(url: str, ca_file: Path, **credentials: str) -> Any:
-    return boto3.client(
-        "bedrock-runtime",
-        region_name="us-east-1",
-        endpoint_url=url,
-        verify=str(ca_file),
-        config=botocore.config.Config(retries={"max_attempts": 1}),
-        **credentials,
-    )
+@pytest.fixture
+def boto_client(tls_files: tls.TlsFiles) -> Iterator[Callable[..., Any]]:
+    """Makes bedrock-runtime clients trusting the test certificate; closes them before the fake
+    stops (an open keep-alive TLS connection would outlive the server)."""
+    made: list[Any] = []
+
+    def make(url: str, **credentials: str) -> Any:
+        client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=url,
+            verify=str(tls_files.cert),
+            config=botocore.config.Config(retries={"max_attempts": 1}),
+            **credentials,
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
 
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -198,13 +209,13 @@ MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 
 async def test_boto3_bearer_reads_fake_bedrock(
     fake_bedrock: tuple[bedrock_server.FakeBedrock, str],
-    tls_files: tls.TlsFiles,
+    boto_client: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake, url = fake_bedrock
     assert fake.api_key is not None
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", fake.api_key)
-    client = _boto_client(url, tls_files.cert)
+    client = boto_client(url)
     messages = [{"role": "user", "content": [{"text": "one two three"}]}]
     out = await asyncio.to_thread(client.converse, modelId=MODEL, messages=messages)
     assert out["output"]["message"]["content"][0]["text"] == "".join(bedrock_server.REPLY_PIECES)
@@ -247,18 +258,16 @@ async def test_boto3_bearer_reads_fake_bedrock(
 
 async def test_boto3_sigv4_accepted_by_fake_bedrock_and_errors(
     fake_bedrock: tuple[bedrock_server.FakeBedrock, str],
-    tls_files: tls.TlsFiles,
+    boto_client: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake, url = fake_bedrock
     monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)
     messages = [{"role": "user", "content": [{"text": "x"}]}]
-    good = _boto_client(
-        url, tls_files.cert, aws_access_key_id="AKIAFAKE", aws_secret_access_key="fake-secret-access-key"
-    )
+    good = boto_client(url, aws_access_key_id="AKIAFAKE", aws_secret_access_key="fake-secret-access-key")
     await asyncio.to_thread(good.converse, modelId=MODEL, messages=messages)
     assert fake.signature_checks == ["ok"]
-    bad = _boto_client(url, tls_files.cert, aws_access_key_id="AKIAFAKE", aws_secret_access_key="wrong")
+    bad = boto_client(url, aws_access_key_id="AKIAFAKE", aws_secret_access_key="wrong")
     with pytest.raises(botocore.exceptions.ClientError) as err:
         await asyncio.to_thread(bad.converse, modelId=MODEL, messages=messages)
     assert err.value.response["Error"]["Code"] == "InvalidSignatureException"
@@ -270,8 +279,12 @@ async def test_boto3_sigv4_accepted_by_fake_bedrock_and_errors(
     fake.exception_after_deltas = 2
 
     def read_stream() -> None:
-        for _ in good.converse_stream(modelId=MODEL, messages=messages)["stream"]:
-            pass
+        stream = good.converse_stream(modelId=MODEL, messages=messages)["stream"]
+        try:
+            for _ in stream:
+                pass
+        finally:
+            stream.close()  # release the connection the failed stream still holds
 
     with pytest.raises(botocore.exceptions.EventStreamError, match="throttlingException"):
         await asyncio.to_thread(read_stream)

@@ -1,0 +1,68 @@
+"""Adapter for Anthropic's Messages API (`anthropic` credentials); built by `providers.adapter_class`.
+
+`base_url` follows the anthropic SDK's convention, without the version segment (default
+`https://api.anthropic.com`; a trailing `/v1` is tolerated). The real key goes upstream as
+`x-api-key` (the documented header; whatever the client sent is dropped by the pipeline), and
+`anthropic-version` is forwarded as the client sent it (2023-06-01 when it sent none), together
+with `anthropic-beta`. Usage comes from the response's `usage` / the stream's message_start and
+cumulative message_delta events (`streams.StreamUsage`); token counting is free upstream, so it
+charges no tokens.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy.providers import base
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+
+#: Operation (as the pipeline names the inbound endpoint) -> upstream path.
+PATHS: dict[str, str] = {
+    "messages": "/v1/messages",
+    "messages/count_tokens": "/v1/messages/count_tokens",
+}
+#: Operations that only count tokens: billed as nothing.
+COUNT_OPERATIONS = frozenset({"messages/count_tokens"})
+
+
+def root_url(base_url: str | None, default: str) -> str:
+    """`base_url` without a trailing slash or `/v1` (SDK base URLs come both ways)."""
+    root = (base_url or default).rstrip("/")
+    return root.removesuffix("/v1")
+
+
+class AnthropicAdapter(base.HttpAdapter):
+    """Forwards Anthropic Messages requests unchanged, with the real key."""
+
+    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset({"anthropic-messages"})
+
+    def __init__(self, entry: config.ProviderEntry, proxy_settings: settings.ProxySettings) -> None:
+        super().__init__(entry, proxy_settings)
+        root = root_url(entry.base_url, DEFAULT_BASE_URL)
+        self._urls = {operation: root + path for operation, path in PATHS.items()}
+        self._auth = {"x-api-key": entry.api_key} if entry.api_key else {}
+
+    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+        return api in self.apis and operation in self._urls
+
+    async def prepare(self, call: base.UpstreamCall) -> base.PreparedRequest:
+        headers = call.headers
+        if not any(name.lower() == "anthropic-version" for name in headers):
+            headers["anthropic-version"] = DEFAULT_VERSION
+        headers.update(self._auth)
+        body = call.body
+        if call.payload.get("model") != call.upstream_model:  # a route renames the model upstream
+            body = orjson.dumps({**call.payload, "model": call.upstream_model})
+        return base.PreparedRequest("POST", self._urls[call.operation], headers, body)
+
+    def response_usage(
+        self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
+    ) -> usage.TokenCounts | None:
+        if call.operation in COUNT_OPERATIONS:
+            return usage.TokenCounts(input_tokens=0)
+        return super().response_usage(call, response, body)
