@@ -35,12 +35,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-extras", action="store_true", help="skip limiter/propagation/worker benches")
     parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR)
     parser.add_argument(
+        "--proxy-src",
+        type=pathlib.Path,
+        help="run the proxy from DIR/proxy and DIR/operator (another commit, via git archive)",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         default=-10,
         help="niceness of the bench and everything it starts (default -10, needs root; 0 to keep)",
     )
     args = parser.parse_args(argv)
+    if args.proxy_src:
+        os.environ[scenarios.PROXY_SRC_ENV] = str(args.proxy_src.resolve())
     if args.duration is None:
         env_duration = os.environ.get("BENCH_DURATION")
         args.duration = float(env_duration) if env_duration else (3.0 if args.quick else 8.0)
@@ -287,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"llmkeys bench {timestamp} (commit {git_revision()}, {os.cpu_count()} CPUs, "
         f"{args.runs} runs x {args.duration:.0f} s)"
+        + (f", proxy from {args.proxy_src}" if args.proxy_src else "")
     )
     print("latencies are means over runs; +p50/+p99 = added against the direct scenario with the same load;")
     print("noise = largest spread between runs of req/s or p50, in % of the mean; load CPU% = how busy the")
@@ -320,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "upstream_processes": args.upstream_processes,
+            "proxy_src": str(args.proxy_src) if args.proxy_src else None,
             "proxy_cpus": layout.proxy_cpus,
             "load_cpus": layout.load_cpus,
         },

@@ -110,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--label", default="", help="added to the output file names (e.g. before/after)")
+    parser.add_argument(
+        "--proxy-src",
+        type=pathlib.Path,
+        help="run the proxy from DIR/proxy and DIR/operator (another commit, via git archive)",
+    )
     args = parser.parse_args(argv)
+    if args.proxy_src:
+        os.environ[scenarios.PROXY_SRC_ENV] = str(args.proxy_src.resolve())
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
     if not pathlib.Path(py_spy).exists():
         print("py-spy is missing: pip install -e '.[bench]'", file=sys.stderr)

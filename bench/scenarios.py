@@ -28,6 +28,9 @@ Target = Literal["direct", "floor", "proxy", "proxy-redis"]
 UPSTREAM_API_KEY = "sk-upstream-bench-0123456789"
 BENCH_MODEL = "gpt-bench"
 KEY_NAMESPACE = "bench"
+#: Directory holding another checkout's `proxy/` and `operator/` to run as the proxy instead of
+#: this one (before/after comparisons across commits); set by `--proxy-src`.
+PROXY_SRC_ENV = "BENCH_PROXY_SRC"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -197,6 +200,11 @@ def proxy_env(config_dir: pathlib.Path, port: int, redis_url: str, workers: int)
         LLMKEYS_REDIS_URL=redis_url,
         LLMKEYS_LOG_LEVEL="INFO",
     )
+    source = os.environ.get(PROXY_SRC_ENV)
+    if source:
+        # Bench another commit's proxy: `git archive <commit> proxy operator | tar -x -C DIR`.
+        paths = [str(pathlib.Path(source) / "proxy"), str(pathlib.Path(source) / "operator")]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
