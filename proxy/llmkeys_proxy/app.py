@@ -9,7 +9,6 @@ Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployme
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,7 +26,6 @@ from llmkeys_proxy import (
     settings,
     settlement,
     sources,
-    usage,
 )
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.state import STATE, ProxyState
@@ -213,15 +211,8 @@ def create_app(
     return app
 
 
-def _load_encodings() -> None:
-    # Parsing a BPE file takes ~0.3 s: do it before serving rather than inside a first request.
-    for model in ("gpt-4o", "gpt-4"):
-        usage.encoding_for_model(model)
-
-
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    await asyncio.to_thread(_load_encodings)
     state.settler.start()
     state.source.subscribe(state.apply_config)
     await state.source.start()
