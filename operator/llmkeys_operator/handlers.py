@@ -33,12 +33,8 @@ def _in_gateway_namespace(namespace: str | None, memo: Any, **_: Any) -> bool:
     return namespace == runtime.runtime_of(memo).settings.namespace
 
 
-def _is_credential_secret(namespace: str | None, labels: Any, memo: Any, **_: Any) -> bool:
-    return (
-        _in_gateway_namespace(namespace, memo)
-        and config.CONFIG_LABEL not in labels
-        and keysecret.LABEL_VIRTUALKEY not in labels
-    )
+def _is_credential_secret(namespace: str | None, labels: Any, body: kopf.Body, memo: Any, **_: Any) -> bool:
+    return _in_gateway_namespace(namespace, memo) and reconcile.may_hold_credential(labels, body.get("type"))
 
 
 # ------------------------------------------------------------------------------------ activities

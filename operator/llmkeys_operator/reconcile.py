@@ -150,6 +150,21 @@ def decode_secret_data(body: Mapping[str, Any]) -> dict[str, str]:
     return decoded
 
 
+#: Secret types that never hold a provider credential (and can be large): not indexed.
+_NOT_CREDENTIAL_TYPES = frozenset(
+    {"helm.sh/release.v1", "kubernetes.io/service-account-token", "kubernetes.io/tls"}
+)
+
+
+def may_hold_credential(labels: Mapping[str, str], secret_type: object) -> bool:
+    """Gateway-namespace Secrets worth indexing for ProviderCredentials' secretRefs."""
+    return (
+        config.CONFIG_LABEL not in labels
+        and keysecret.LABEL_VIRTUALKEY not in labels
+        and secret_type not in _NOT_CREDENTIAL_TYPES
+    )
+
+
 def summarise_validation(exc: pydantic.ValidationError) -> str:
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:3]:

@@ -177,3 +177,11 @@ def test_decode_secret_data_skips_undecodable_values() -> None:
     body = {"data": {"ok": base64.b64encode(b"value").decode(), "bad": "%%%"}, "stringData": {"s": "plain"}}
     assert reconcile.decode_secret_data(body) == {"ok": "value", "s": "plain"}
     assert json.dumps(reconcile.decode_secret_data({})) == "{}"
+
+
+def test_only_plausible_credential_secrets_are_indexed() -> None:
+    assert reconcile.may_hold_credential({}, "Opaque")
+    assert reconcile.may_hold_credential({}, None)
+    assert not reconcile.may_hold_credential({}, "helm.sh/release.v1")
+    assert not reconcile.may_hold_credential({"llmkeys.io/config": "keys"}, "Opaque")
+    assert not reconcile.may_hold_credential({"llmkeys.io/virtualkey": "dev"}, "Opaque")
