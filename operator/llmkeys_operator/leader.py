@@ -20,6 +20,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
 from llmkeys_operator import kube
 
 logger = logging.getLogger("llmkeys.operator.leader")
@@ -131,7 +133,7 @@ class LeaderElector:
             try:
                 if await self.try_acquire_or_renew():
                     return True
-            except (kube.KubeApiError, OSError, TimeoutError) as exc:
+            except (kube.KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 logger.warning("leader election attempt failed: %s", exc)
             if not logged:
                 logger.info("standing by: another replica holds Lease %s/%s", self.namespace, self.name)
@@ -155,7 +157,7 @@ class LeaderElector:
                     last_renewed = time.monotonic()
                     continue
                 return  # someone else holds it now
-            except (kube.KubeApiError, OSError, TimeoutError) as exc:
+            except (kube.KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 logger.warning("renewing the Lease failed: %s", exc)
             if time.monotonic() - last_renewed > self.renew_deadline_s:
                 self._became(False)
@@ -176,6 +178,6 @@ class LeaderElector:
                     }
                 }
                 await self._client.patch(kube.LEASES, self.namespace, self.name, patch)
-        except (kube.KubeApiError, OSError, TimeoutError) as exc:
+        except (kube.KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("releasing the Lease failed: %s", exc)
         self.is_leader = False

@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         lost = asyncio.run(serve(operator_settings))
     except KeyboardInterrupt:
         return 0
+    except kopf.LoginError as exc:
+        logger.error("cannot reach the Kubernetes API: %s", exc)
+        return 2
     return 1 if lost else 0
 
 
