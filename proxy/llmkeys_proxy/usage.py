@@ -13,7 +13,9 @@ published SHA-256 hashes and parsed here, so nothing ever touches the network or
 from __future__ import annotations
 
 import base64
+import ctypes
 import functools
+import gc
 import hashlib
 import math
 import threading
@@ -219,8 +221,24 @@ def load_encoding(name: str, directory: Path = ENCODINGS_DIR) -> tiktoken.Encodi
                 mergeable_ranks=_parse_ranks(data),
                 special_tokens=dict(spec.special_tokens),
             )
+            # tiktoken keeps the Python dict of ranks beside its Rust copy, for pickling only
+            # (~28 MB for o200k): counting never needs it, and every proxy worker would carry it.
+            encoding._mergeable_ranks = {}
+            del data
+            _return_freed_memory()
             _LOADED[key] = encoding
     return encoding
+
+
+def _return_freed_memory() -> None:
+    """Give the parse's garbage (the rank file and its dict) back to the OS (glibc; a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    gc.collect()
+    trim(0)
 
 
 def preload_encodings(names: tuple[str, ...] = ("o200k_base", "cl100k_base")) -> None:
