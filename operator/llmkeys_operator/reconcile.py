@@ -541,7 +541,9 @@ async def publish(ctx: ReconcileContext, now: datetime) -> compile.CompileResult
     assert ctx.indexes is not None, "indexes are captured at startup"
     snapshot = take_snapshot(ctx.indexes, now)
     models = [entry.model for entry in snapshot.virtual_keys.values() if entry.model is not None]
-    result = compile.compile_proxy_config(
+    # Compiling thousands of keys takes a while: off the event loop, so kopf keeps watching.
+    result = await asyncio.to_thread(
+        compile.compile_proxy_config,
         models,
         snapshot.policies,
         snapshot.credentials,
