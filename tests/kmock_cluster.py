@@ -366,6 +366,8 @@ async def operator_threads() -> AsyncIterator[list[OperatorThread]]:
     for thread in threads:
         if thread.alive:
             await thread.stop()
+        elif thread.error is not None:
+            raise AssertionError("an operator crashed during the test") from thread.error
 
 
 GATEWAY_NAMESPACE = "llmkeys"
