@@ -307,3 +307,35 @@ async def test_tampered_config_secret_is_rewritten(
         shard_name,
         lambda _: config_keys(kube_cluster).get(f"{NS}/x") == good,
     )
+
+
+async def test_namespace_labels_select_policies(
+    kube_cluster: kc.LlmkeysKubernetesEmulator,
+    cluster_client: kc.ClusterClient,
+    operator_threads: list[kc.OperatorThread],
+) -> None:
+    await kube_cluster.set_namespace(NS, {"env": "prod"})
+    await cluster_client.create(kc.CREDENTIALS, mock_credential())
+    await cluster_client.create(
+        kc.POLICIES,
+        {
+            "apiVersion": kc.GROUP_VERSION,
+            "kind": "LLMPolicy",
+            "metadata": {"name": "prod-only"},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"env": "prod"}},
+                "maximums": {"requestsPerMinute": 5},
+            },
+        },
+    )
+    operator_threads.append(await kc.start_operator(str(kube_cluster.url), kc.operator_settings()))
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("ns-key", limits={"requestsPerMinute": 10}))
+    await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "ns-key", lambda o: ready(o) == ("False", "PolicyViolation"), what="violation"
+    )
+    # Relabelling the namespace takes it out of the policy's reach.
+    await kube_cluster.set_namespace(NS, {"env": "dev"})
+    vk = await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "ns-key", lambda o: ready(o) == ("True", "Active"), what="compliant after relabel"
+    )
+    assert vk is not None and vk["status"]["effective"]["policies"] == []
