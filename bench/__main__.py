@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--nice",
         type=int,
-        default=-10,
-        help="niceness of the bench and everything it starts (default -10, needs root; 0 to keep)",
+        default=-20,
+        help="niceness of the bench and everything it starts (default -20, needs root; 0 to keep)",
     )
     args = parser.parse_args(argv)
     if args.proxy_src:
@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     print("latencies are means over runs; +p50/+p99 = added against the direct scenario with the same load;")
     print("noise = largest spread between runs of req/s or p50, in % of the mean; load CPU% = how busy the")
     print("CPUs of upstream/Redis/wrk were (near 100: the load side, not the proxy, set the pace);")
-    print("CPU us/req = proxy CPU time per request (1e6 / it = req/s one core could serve)")
+    print("CPU us/req = proxy CPU time per request (1e6 / it = req/s one core could serve); CPU wait% =")
+    print("share of the run the proxy was runnable but other processes had its CPU")
     print()
     print(report.format_table(report.TABLE_COLUMNS, report.table_rows(list(summaries.values()), failures)))
     print()

@@ -79,6 +79,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def run_queue_wait_seconds(pids: list[int]) -> float:
+    """Seconds `pids` spent runnable but waiting for a CPU (/proc/<pid>/schedstat): the share of the
+    proxy's time that other work on its CPU took."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(pathlib.Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def cpu_busy_ticks(cpus: set[int]) -> tuple[int, int]:
     """(busy, total) jiffies so far of `cpus` together, from /proc/stat (idle and iowait not busy)."""
     busy = total = 0

@@ -313,6 +313,7 @@ def run_scenario(
         )
     pids = proxy.tree() if proxy is not None else []
     cpu_before = processes.cpu_seconds(pids)
+    wait_before = processes.run_queue_wait_seconds(pids)
     load_before = processes.cpu_busy_ticks(layout.load_cpus)
     started = time.monotonic()
     result = loadgen.run_wrk(
@@ -329,9 +330,14 @@ def run_scenario(
     if proxy is None:
         return stats.RunMeasure(wrk=result, load_cpus_busy_percent=load_busy)
     cpu_percent = (processes.cpu_seconds(pids) - cpu_before) / wall * 100
+    wait_percent = (processes.run_queue_wait_seconds(pids) - wait_before) / wall * 100
     rss_mb = sum(processes.rss_bytes(pid) for pid in pids) / 2**20
     return stats.RunMeasure(
-        wrk=result, proxy_cpu_percent=cpu_percent, proxy_rss_mb=rss_mb, load_cpus_busy_percent=load_busy
+        wrk=result,
+        proxy_cpu_percent=cpu_percent,
+        proxy_rss_mb=rss_mb,
+        load_cpus_busy_percent=load_busy,
+        proxy_cpu_wait_percent=wait_percent,
     )
 
 

@@ -22,6 +22,8 @@ class RunMeasure:
     #: How busy the load generator's CPUs were (upstream, Redis, wrk, and anything else running
     #: there): near 100 means the load side, not the proxy, limited the run.
     load_cpus_busy_percent: float | None = None
+    #: Share of the run the proxy was runnable but waited for its CPU (other processes on it).
+    proxy_cpu_wait_percent: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class ScenarioSummary:
     #: Proxy CPU time per request in microseconds: robust to other load on the machine, and
     #: 1e6 / it is what one core could serve if the proxy had it to itself.
     proxy_cpu_us_per_request: float | None = None
+    proxy_cpu_wait_percent: float | None = None
     added_p50_ms: float | None = None  # against the matching direct-to-upstream scenario
     added_p99_ms: float | None = None
 
@@ -90,6 +93,7 @@ def summarize(
         proxy_rss_mb=_mean_or_none([run.proxy_rss_mb for run in runs]),
         load_cpus_busy_percent=_mean_or_none([run.load_cpus_busy_percent for run in runs]),
         proxy_cpu_us_per_request=_mean_or_none([_cpu_per_request_us(run) for run in runs]),
+        proxy_cpu_wait_percent=_mean_or_none([run.proxy_cpu_wait_percent for run in runs]),
     )
 
 
