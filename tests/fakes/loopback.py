@@ -22,4 +22,10 @@ async def serve_app(app: web.Application, ssl_context: ssl.SSLContext | None = N
         await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
+        if ssl_context is not None and runner.server is not None:
+            # A TLS close waits for the peer's close_notify, which a pooled client connection that
+            # its library has not released yet never sends: drop idle TLS connections outright.
+            for handler in runner.server.connections:
+                if handler.transport is not None:
+                    handler.transport.abort()
         await runner.cleanup()

@@ -193,7 +193,7 @@ def boto_client(tls_files: tls.TlsFiles) -> Iterator[Callable[..., Any]]:
             region_name="us-east-1",
             endpoint_url=url,
             verify=str(tls_files.cert),
-            config=botocore.config.Config(retries={"max_attempts": 1}),
+            config=botocore.config.Config(retries={"total_max_attempts": 1}),
             **credentials,
         )
         made.append(client)

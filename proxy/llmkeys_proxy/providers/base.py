@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 import aiohttp
 import orjson
+import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmkeys_proxy import config, errors, settings, usage
@@ -58,7 +59,8 @@ class PreparedRequest:
     """What an `HttpAdapter` sends: built by `prepare` (sign here: the body is final)."""
 
     method: str
-    url: str
+    #: A `yarl.URL(..., encoded=True)` goes out byte for byte (Bedrock signs its encoded path).
+    url: str | yarl.URL
     headers: dict[str, str]
     body: bytes
 

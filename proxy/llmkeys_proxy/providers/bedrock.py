@@ -53,11 +53,11 @@ class BedrockAdapter(base.HttpAdapter):
     def supports(self, api: usage.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in OPERATIONS
 
-    def url(self, operation: str, model_id: str) -> str:
-        """Upstream URL, normalised the way the HTTP client will send it (so the signature covers
-        exactly the bytes on the wire)."""
-        raw = f"{self._root}/model/{urllib.parse.quote(model_id, safe='-_.~')}/{operation}"
-        return str(yarl.URL(raw))
+    def url(self, operation: str, model_id: str) -> yarl.URL:
+        """Upstream URL with the model id percent-encoded as the AWS SDKs send it (`:` as `%3A`,
+        `/` as `%2F`), kept encoded so the bytes on the wire are the bytes signed."""
+        quoted = urllib.parse.quote(model_id, safe="-_.~")
+        return yarl.URL(f"{self._root}/model/{quoted}/{operation}", encoded=True)
 
     async def prepare(self, call: base.UpstreamCall) -> base.PreparedRequest:
         headers = {k: v for k, v in call.headers.items() if not k.lower().startswith(_DROPPED_PREFIXES)}
@@ -65,14 +65,13 @@ class BedrockAdapter(base.HttpAdapter):
         if self._aws is None:
             headers["Authorization"] = f"Bearer {self.entry.api_key}"
             return base.PreparedRequest("POST", url, headers, call.body)
-        parsed = yarl.URL(url)
         # Host is set explicitly so the signed value and the sent value cannot differ.
-        signed = {"Host": parsed.host_port_subcomponent or "", "Content-Type": _content_type(headers)}
+        signed = {"Host": url.host_port_subcomponent or "", "Content-Type": _content_type(headers)}
         headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-type")}
         signed.update(
             sigv4.sign_headers(
                 method="POST",
-                url=url,
+                url=str(url),
                 headers=signed,
                 body=call.body,
                 credentials=self._aws,
