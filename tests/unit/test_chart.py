@@ -7,18 +7,25 @@ from the kubernetes-validate package (offline).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from llmkeys_operator import runner
+from llmkeys_operator import settings as operator_settings
+from llmkeys_proxy import settings as proxy_settings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "llmkeys"
@@ -27,35 +34,20 @@ NAMESPACE = "llmkeys-system"
 # The chart's lowest supported Kubernetes (Chart.yaml kubeVersion) and the newest schemas shipped.
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 
-# Every env var the binaries read (DESIGN: runtime settings); the chart may set no other LLMKEYS_ name.
+# Every env var the binaries read, from their settings dataclasses (one LLMKEYS_<FIELD> per field):
+# the chart may set no other LLMKEYS_ name.
 PROXY_ENV = {
-    "LLMKEYS_HOST",
-    "LLMKEYS_PORT",
-    "LLMKEYS_WORKERS",
-    "LLMKEYS_CONFIG_SOURCE",
-    "LLMKEYS_CONFIG_DIR",
-    "LLMKEYS_NAMESPACE",
-    "LLMKEYS_REDIS_URL",
-    "LLMKEYS_REDIS_PASSWORD",
-    "LLMKEYS_LOG_LEVEL",
-    "LLMKEYS_UPSTREAM_TIMEOUT_S",
-    "LLMKEYS_MAX_BODY_BYTES",
+    proxy_settings.ENV_PREFIX + field.name.upper()
+    for field in dataclasses.fields(proxy_settings.ProxySettings)
 }
 OPERATOR_ENV = {
-    "LLMKEYS_NAMESPACE",
-    "LLMKEYS_WATCH_NAMESPACES",
-    "LLMKEYS_PROXY_URL",
-    "LLMKEYS_REDIS_URL",
-    "LLMKEYS_REDIS_PASSWORD",
-    "LLMKEYS_USAGE_SYNC_INTERVAL_S",
-    "LLMKEYS_LIVENESS_PORT",
-    "LLMKEYS_LOG_LEVEL",
-    "LLMKEYS_PEERING_NAME",
+    operator_settings.ENV_PREFIX + field.name.upper()
+    for field in dataclasses.fields(operator_settings.OperatorSettings)
 }
 
 # Everything switched on at once: the widest set of manifests the chart can produce.
 ALL_ON: dict[str, Any] = {
-    "operator": {"replicas": 2, "peering": {"enabled": True}},
+    "operator": {"replicas": 2},
     "proxy": {
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 6},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -183,8 +175,8 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(chart: helm.Cha
     for values in ({}, ALL_ON, external, namespaced):
         for doc in render(chart, values):
             kinds.add(doc["kind"])
-            if doc["apiVersion"].startswith(("monitoring.coreos.com/", "kopf.dev/")):
-                continue  # custom kinds: no upstream schema
+            if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue  # custom kind: no upstream schema
             for version in KUBE_VERSIONS:
                 kubernetes_validate.validate(doc, version, strict=True)
     assert {
@@ -201,7 +193,6 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(chart: helm.Cha
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
-        "ClusterKopfPeering",
     } <= kinds
 
 
@@ -333,8 +324,8 @@ def test_operator_gets_no_more_than_it_needs(chart: helm.Chart) -> None:
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-        ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-        ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        # leader.py: get, create, and a merge patch to take over, renew and release the Lease.
+        ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
         ("llmkeys.io", "virtualkeys/finalizers"): {"update"},
     }
     for resource in ("virtualkeys", "providercredentials", "llmpolicies"):
@@ -344,15 +335,19 @@ def test_operator_gets_no_more_than_it_needs(chart: helm.Chart) -> None:
     rules = rules_for_service_account(render(chart), f"{RELEASE}-operator")
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
+        # Names narrow the Lease rule only (see the leader election test); nothing else is named.
+        assert "resourceNames" not in rule or rule["resources"] == ["leases"]
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     for (group, resource), verbs in granted.items():
         assert "*" not in verbs and group != "*" and resource != "*"
         assert verbs <= allowed.get((group, resource), set()), f"{group}/{resource}: {sorted(verbs)}"
-    # What it needs is there: key Secrets in workload namespaces, status of its resources.
+    # What it needs is there: key Secrets in workload namespaces, status of its resources, the Lease.
     assert granted[("", "secrets")] == allowed[("", "secrets")]
+    assert granted[("coordination.k8s.io", "leases")] == allowed[("coordination.k8s.io", "leases")]
+    assert not any(group == "kopf.dev" for group, _ in granted)  # no kopf peering
     assert {"patch"} <= granted[("llmkeys.io", "virtualkeys/status")]
     # Never anything that escalates: RBAC objects, pods, service accounts, tokens.
     assert not {r for _, r in granted} & {"roles", "clusterroles", "rolebindings", "pods", "serviceaccounts"}
@@ -386,7 +381,7 @@ def test_components_get_exactly_the_settings_the_binaries_read(chart: helm.Chart
     assert operator_env["LLMKEYS_NAMESPACE"]["value"] == NAMESPACE
     assert operator_env["LLMKEYS_PROXY_URL"]["value"] == f"http://{RELEASE}-proxy.{NAMESPACE}.svc:8080"
     assert operator_env["LLMKEYS_LIVENESS_PORT"]["value"] == "8081"
-    assert "LLMKEYS_PEERING_NAME" not in operator_env
+    assert "LLMKEYS_PEERING_NAME" not in operator_env  # kopf peering is not used
     custom = env_of(
         render(chart, {"operator": {"proxyURL": "https://llm.example.com"}}), f"{RELEASE}-operator"
     )
@@ -532,15 +527,147 @@ def test_service_monitor_is_opt_in(chart: helm.Chart) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
 
 
-def test_operator_replicas_need_peering(chart: helm.Chart) -> None:
-    with pytest.raises(helm.HelmRenderError, match=r"peering\.enabled"):
-        render(chart, {"operator": {"replicas": 2}})
+# ------------------------------------------------------------------------------- leader election
+
+
+def settings_from_env(env: dict[str, dict[str, Any]]) -> operator_settings.OperatorSettings:
+    """The settings the operator would build from the rendered env (Secret references as stand-ins)."""
+    stand_ins = {"LLMKEYS_REDIS_URL": "redis://from-secret:6379/0", "LLMKEYS_REDIS_PASSWORD": "from-secret"}
+    environ = {name: e["value"] if "value" in e else stand_ins[name] for name, e in env.items()}
+    return operator_settings.OperatorSettings.from_env(environ)
+
+
+def test_operator_runs_under_a_lease_in_the_release_namespace(chart: helm.Chart) -> None:
     docs = render(chart, ALL_ON)
-    assert env_of(docs, f"{RELEASE}-operator")["LLMKEYS_PEERING_NAME"]["value"] == "llmkeys"
-    one(docs, "ClusterKopfPeering", "llmkeys")
-    docs = render(chart, {"operator": {"peering": {"enabled": True}, "watchNamespaces": ["team-a"]}})
-    assert {p["metadata"]["namespace"] for p in find(docs, "KopfPeering")} == {"team-a", NAMESPACE}
-    assert {c["name"] for c in chart.crds} == {"crds/kopf-peering.yaml"}
+    loaded = settings_from_env(env_of(docs, f"{RELEASE}-operator"))
+    assert loaded.leader_election is True
+    assert loaded.lease_name == f"{RELEASE}-operator"
+    assert (loaded.lease_duration_s, loaded.renew_deadline_s, loaded.retry_period_s) == (15.0, 10.0, 2.0)
+    assert loaded.namespace == NAMESPACE  # where leader.py keeps the Lease
+    assert one(docs, "Deployment", f"{RELEASE}-operator")["spec"]["replicas"] == 2
+    # The Lease Role: namespaced, one Lease by name for get/patch; create cannot be named.
+    role = one(docs, "Role", f"{RELEASE}-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [loaded.lease_name],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    lease_rules = [
+        r for r in rules_for_service_account(docs, f"{RELEASE}-operator") if "leases" in r["resources"]
+    ]
+    assert {r["scope"] for r in lease_rules} == {NAMESPACE}
+    assert not any("leases" in r["resources"] for d in find(docs, "ClusterRole") for r in d["rules"])
+    # A rolling update is safe: the new pod waits as a standby for the Lease.
+    assert one(docs, "Deployment", f"{RELEASE}-operator")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+    custom = {
+        "leaseName": "gw-lease",
+        "leaseDurationSeconds": 30,
+        "renewDeadlineSeconds": 20,
+        "retryPeriodSeconds": 0.5,
+    }
+    docs = render(chart, {"operator": {"leaderElection": custom}})
+    loaded = settings_from_env(env_of(docs, f"{RELEASE}-operator"))
+    assert (loaded.lease_name, loaded.lease_duration_s, loaded.renew_deadline_s, loaded.retry_period_s) == (
+        "gw-lease",
+        30.0,
+        20.0,
+        0.5,
+    )
+    assert one(docs, "Role", f"{RELEASE}-operator-leader-election")["rules"][0]["resourceNames"] == [
+        "gw-lease"
+    ]
+
+
+def test_operator_replicas_need_leader_election(chart: helm.Chart) -> None:
+    without = {"leaderElection": {"enabled": False}}
+    with pytest.raises(helm.HelmRenderError, match=r"leaderElection\.enabled"):
+        render(chart, {"operator": {"replicas": 2, **without}})
+    # One replica may run without: no Lease, no Lease RBAC, and the old pod stops before the new starts.
+    docs = render(chart, {"operator": without})
+    assert settings_from_env(env_of(docs, f"{RELEASE}-operator")).leader_election is False
+    assert not any(name.startswith("LLMKEYS_LEASE") for name in env_of(docs, f"{RELEASE}-operator"))
+    assert find(docs, "Role", f"{RELEASE}-operator-leader-election") == []
+    assert not any("leases" in r["resources"] for r in rules_for_service_account(docs, f"{RELEASE}-operator"))
+    assert one(docs, "Deployment", f"{RELEASE}-operator")["spec"]["strategy"] == {"type": "Recreate"}
+    # Timings the operator would refuse at start fail the install instead.
+    for timing in (
+        {"retryPeriodSeconds": 10},
+        {"renewDeadlineSeconds": 15},
+        {"leaseDurationSeconds": 5, "renewDeadlineSeconds": 8},
+    ):
+        with pytest.raises(helm.HelmRenderError, match="retryPeriodSeconds < renewDeadlineSeconds"):
+            render(chart, {"operator": {"leaderElection": timing}})
+
+
+def test_chart_ships_no_kopf_peering(chart: helm.Chart) -> None:
+    assert chart.crds == []
+    assert not (CHART_DIR / "crds").exists()
+    docs = render(chart, ALL_ON)
+    assert not [d for d in docs if d["apiVersion"].startswith("kopf.dev/")]
+    assert not [
+        d for d in docs if d["kind"] == "CustomResourceDefinition" and "kopf" in d["metadata"]["name"]
+    ]
+    with pytest.raises(helm.HelmValuesError, match="peering"):
+        chart.validate_schema({"operator": {"peering": {"enabled": True}}})
+
+
+def test_operator_settings_in_values_reach_the_operator(chart: helm.Chart) -> None:
+    docs = render(chart, {"operator": {"compileDebounceSeconds": 0.5, "eventMinIntervalSeconds": 300}})
+    loaded = settings_from_env(env_of(docs, f"{RELEASE}-operator"))
+    assert (loaded.compile_debounce_s, loaded.event_min_interval_s) == (0.5, 300.0)
+    # The chart's defaults are the operator's own (release "llmkeys": the Lease name too).
+    defaults = settings_from_env(env_of(render(chart), f"{RELEASE}-operator"))
+    code = operator_settings.OperatorSettings()
+    for name in (
+        "leader_election",
+        "lease_name",
+        "lease_duration_s",
+        "renew_deadline_s",
+        "retry_period_s",
+        "compile_debounce_s",
+        "event_min_interval_s",
+        "usage_sync_interval_s",
+        "liveness_port",
+        "log_level",
+    ):
+        assert getattr(defaults, name) == getattr(code, name), name
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_liveness_probe_matches_what_a_standby_operator_serves(chart: helm.Chart) -> None:
+    """The probe's port and path are served on every pod address by a replica waiting for the Lease
+    (kopf's own endpoint, once leading, is started by runner.serve on 0.0.0.0 with the same port)."""
+    port = free_port()
+    docs = render(chart, {"operator": {"livenessPort": port}})
+    operator = container(docs, f"{RELEASE}-operator")
+    probe = operator["livenessProbe"]["httpGet"]
+    named = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert (
+        named[probe["port"]] == port == settings_from_env(env_of(docs, f"{RELEASE}-operator")).liveness_port
+    )
+    health = await runner._standby_health(port)
+    assert health is not None
+    try:
+        assert {address[0] for address in health.addresses} == {"0.0.0.0"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}{probe['path']}") as response,
+        ):
+            assert response.status == 200
+    finally:
+        await health.cleanup()
 
 
 def test_names_follow_fullname_override_and_stay_short(chart: helm.Chart) -> None:
@@ -649,7 +776,8 @@ def test_helm_install_action_accepts_the_chart_offline(tmp_path: pathlib.Path) -
     assert {
         "Deployment",
         "CustomResourceDefinition",
-        "ClusterKopfPeering",
+        "Role",
         "HorizontalPodAutoscaler",
     } <= kinds
+    assert not any(kind.endswith("KopfPeering") for kind in kinds)
     assert "Proxy URL written into key Secrets" in release["notes"]

@@ -64,6 +64,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The Lease the operator replicas elect their leader on (release namespace). */}}
+{{- define "llmkeys.operator.leaseName" -}}
+{{- default (include "llmkeys.operator.fullname" .) .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
+
 {{- define "llmkeys.proxy.serviceAccountName" -}}
 {{- if .Values.proxy.serviceAccount.create -}}
 {{- default (include "llmkeys.proxy.fullname" .) .Values.proxy.serviceAccount.name -}}
