@@ -65,21 +65,23 @@ class BedrockAdapter(base.HttpAdapter):
         if self._aws is None:
             headers["Authorization"] = f"Bearer {self.entry.api_key}"
             return base.PreparedRequest("POST", url, headers, call.body)
-        # Host is set explicitly so the signed value and the sent value cannot differ.
-        signed = {"Host": url.host_port_subcomponent or "", "Content-Type": _content_type(headers)}
-        headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-type")}
-        signed.update(
+        # Every header sent is signed, as botocore does (sigv4 leaves out the few a hop may
+        # rewrite); Host is set explicitly so the signed value and the sent one cannot differ.
+        headers = {k: v for k, v in headers.items() if k.lower() != "host"}
+        headers["Host"] = url.host_port_subcomponent or ""
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+        headers.update(
             sigv4.sign_headers(
                 method="POST",
                 url=str(url),
-                headers=signed,
+                headers=headers,
                 body=call.body,
                 credentials=self._aws,
                 region=self._region,
                 service=SIGNING_SERVICE,
             )
         )
-        headers.update(signed)
         return base.PreparedRequest("POST", url, headers, call.body)
 
     def response_usage(
@@ -91,10 +93,3 @@ class BedrockAdapter(base.HttpAdapter):
             if from_headers is not None:
                 return from_headers
         return super().response_usage(call, response, body)
-
-
-def _content_type(headers: dict[str, str]) -> str:
-    for name, value in headers.items():
-        if name.lower() == "content-type":
-            return value
-    return "application/json"
