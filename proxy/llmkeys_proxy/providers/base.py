@@ -203,7 +203,8 @@ class HttpUpstreamResponse(UpstreamResponse):
             self.error = f"upstream connection broke: {type(exc).__name__}"
 
     def close(self) -> None:
-        if self._response.content.at_eof():
+        # A connection that broke mid-body must never go back to the pool.
+        if self.error is None and self._response.content.at_eof():
             self._response.release()
         else:
             self._response.close()
