@@ -1,6 +1,7 @@
 """End to end on a real cluster (kind): the chart installed, a VirtualKey issued by the operator, a pod
 using its Secret through envFrom to call the proxy; suspension, deletion (ownerReference garbage
-collection) and the API server's own schema and CEL validation of our CRDs.
+collection), the API server's own schema and CEL validation of our CRDs, and the operator's Lease
+(held by the operator pod; RBAC limited to that Lease).
 
 Run with `make e2e`; skipped (with the reason) where Docker, kind or kubectl are missing.
 """
@@ -165,3 +166,36 @@ def test_api_server_rejects_bad_manifests(
     assert result.returncode != 0, "the API server accepted an invalid VirtualKey"
     assert message in result.stderr
     assert cluster.get("virtualkey", "bad", namespace) is None
+
+
+def test_operator_holds_its_lease_and_may_touch_no_other(
+    cluster: e2e.Cluster, llmkeys_release: dict[str, Any]
+) -> None:
+    """The operator works only while it holds the chart's Lease; its Role names that Lease alone."""
+    lease_name = f"{e2e.RELEASE}-operator"
+    namespace = e2e.GATEWAY_NAMESPACE
+
+    def held_lease() -> dict[str, Any] | None:
+        lease = cluster.get("lease", lease_name, namespace)
+        return lease if lease and lease["spec"].get("holderIdentity") else None
+
+    lease = cluster.wait_until(f"Lease {namespace}/{lease_name} to have a holder", held_lease)
+    pods = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator", "-o", "name"
+    ).split()
+    # The holder identity is "<pod name>-<random suffix>" (runner._identity; HOSTNAME is the pod name).
+    assert any(lease["spec"]["holderIdentity"].startswith(pod.split("/")[-1] + "-") for pod in pods)
+
+    service_account = f"system:serviceaccount:{namespace}:{e2e.RELEASE}-operator"
+
+    def can(verb: str, resource: str) -> bool:
+        answer = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", service_account, check=False
+        )
+        return answer.strip() == "yes"
+
+    assert can("get", f"leases/{lease_name}") and can("patch", f"leases/{lease_name}")
+    assert can("create", "leases")  # RBAC cannot narrow create to a name
+    assert not can("patch", "leases/someone-elses-lease")
+    assert not can("delete", f"leases/{lease_name}")
+    assert not can("list", "leases")
