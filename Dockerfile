@@ -9,7 +9,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY proxy ./proxy
-RUN pip wheel --wheel-dir /wheels .
+# The vertex extra (cryptography) lets the proxy mint Vertex AI tokens from service accounts.
+RUN pip wheel --wheel-dir /wheels ".[vertex]"
 
 # --- runtime: no compilers, no build files, non-root ----------------------------------------------
 FROM python:3.11-slim
@@ -20,7 +21,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/llmkeys/bin:$PATH
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/llmkeys \
-    && /opt/llmkeys/bin/pip install --no-index --find-links=/wheels llmkeys \
+    && /opt/llmkeys/bin/pip install --no-index --find-links=/wheels "llmkeys[vertex]" \
     && groupadd --system --gid 65532 llmkeys \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin llmkeys
