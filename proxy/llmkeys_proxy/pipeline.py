@@ -100,6 +100,15 @@ _DENY_MESSAGES: dict[str, str] = {
 }
 
 
+#: Where each OpenAI format takes its output cap: set to the key's maxTokensPerRequest when a
+#: request names none, so the cap holds even for clients that never ask for one.
+OUTPUT_CAP_FIELDS: dict[str, str] = {
+    "openai-chat": "max_completion_tokens",
+    "openai-completions": "max_tokens",
+    "openai-responses": "max_output_tokens",
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     """What an inbound route means to the pipeline."""
@@ -216,12 +225,17 @@ def upstream_body(
     body: bytes,
     upstream_model: str,
     injects_stream_usage: bool,
+    output_cap: int | None = None,
 ) -> tuple[bytes, dict[str, Any], bool]:
     """(bytes to send, payload they encode, whether to hide the injected usage chunk). The original
-    bytes unless the model must be renamed or a streamed chat/completion must ask for usage."""
+    bytes unless the model must be renamed, a streamed chat/completion must ask for usage, or a
+    request without an output cap must get the key's (`output_cap`: only passed when it names none)."""
     changes: dict[str, Any] = {}
     if api.startswith("openai-") and payload.get("model") != upstream_model:
         changes["model"] = upstream_model
+    cap_field = OUTPUT_CAP_FIELDS.get(api)
+    if output_cap is not None and cap_field is not None:
+        changes[cap_field] = output_cap
     hide = False
     if stream and injects_stream_usage and api in ("openai-chat", "openai-completions"):
         options = payload.get("stream_options")
@@ -326,7 +340,13 @@ async def _proxy(
 
     adapter = route.adapter
     body_out, payload_out, hide = upstream_body(
-        endpoint.api, stream, payload, body, route.upstream_model, adapter.injects_stream_usage
+        endpoint.api,
+        stream,
+        payload,
+        body,
+        route.upstream_model,
+        adapter.injects_stream_usage,
+        cap if requested is None else None,
     )
     call = providers_base.UpstreamCall(
         api=endpoint.api,

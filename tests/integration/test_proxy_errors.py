@@ -167,9 +167,12 @@ async def test_max_tokens_above_the_key_limit(fake: tuple[openai_server.FakeOpen
         ok = await client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=256
         )
+        uncapped = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert raised.value.code == "max_tokens_exceeded" and "at most 256" in raised.value.message
-    assert ok.choices[0].message.content
-    assert len(upstream.requests) == 1
+    assert ok.choices[0].message.content and uncapped.choices[0].message.content
+    assert len(upstream.requests) == 2
+    # A request that names no cap gets the key's, so the limit holds for every client.
+    assert upstream.requests[1].json()["max_completion_tokens"] == 256
 
 
 async def test_malformed_json_and_body_too_large(fake: tuple[openai_server.FakeOpenAI, str]) -> None:

@@ -211,6 +211,11 @@ def test_upstream_body_is_the_original_bytes_unless_a_change_is_needed() -> None
     )
     assert hide and parsed["model"] == "dep"
     assert orjson.loads(sent)["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    # A key's maxTokensPerRequest is set on requests that name no cap.
+    capped, parsed, _ = pipeline.upstream_body(
+        "openai-responses", False, {"model": "m"}, b"{}", "m", True, 300
+    )
+    assert orjson.loads(capped) == parsed == {"model": "m", "max_output_tokens": 300}
     # Non-OpenAI formats keep the model wherever their API has it.
     native = {"model": "claude", "max_tokens": 5}
     assert pipeline.upstream_body("anthropic-messages", False, native, b"raw", "other", False)[0] == b"raw"
