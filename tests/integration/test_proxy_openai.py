@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -202,8 +203,12 @@ async def test_models_lists_only_what_the_key_may_use(fake: tuple[openai_server.
         one = await client.models.retrieve("gpt-4o-mini")
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("gpt-5")
+        async with anthropic.AsyncAnthropic(api_key=narrow.key, base_url=proxy.url, max_retries=0) as claude:
+            anthropic_listed = [m.id async for m in claude.models.list()]
+            with pytest.raises(anthropic.AuthenticationError):
+                await claude.with_options(api_key="sk-llmk-wrong").models.list()
     # gpt-4o is denied, gpt-5 not allowlisted, gpt-4.1 and claude-x only on a credential the key lacks.
-    assert listed == ["gpt-4o-mini"]
+    assert listed == ["gpt-4o-mini"] == anthropic_listed
     assert one.id == "gpt-4o-mini" and one.owned_by == "openai"
 
 
