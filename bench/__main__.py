@@ -113,6 +113,8 @@ class Runner:
         self.layout = layout
         self.outcomes: dict[str, scenarios.ScenarioOutcome] = {}
         self.starts: list[scenarios.ProxyStart] = []
+        #: Fake upstream and Redis processes (moved onto the proxy's CPU for one-CPU scenarios).
+        self.load_pids: list[int] = []
 
     def selected(self, target: scenarios.Target) -> list[scenarios.Scenario]:
         wanted = {name.strip() for name in self.args.only.split(",") if name.strip()}
@@ -153,6 +155,7 @@ class Runner:
                         warmup_s=self.args.warmup if run_index == 0 else 0,
                         layout=self.layout,
                         proxy=proxy,
+                        load_pids=self.load_pids,
                     )
                 except Exception as exc:
                     failed[scenario.name] = f"{type(exc).__name__}: {exc}"
@@ -226,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                 api_key=scenarios.UPSTREAM_API_KEY,
                 log_dir=log_dir,
                 cpus=layout.load_cpus,
-            ) as (upstream_url, _),
-            processes.redis_server(log_dir=log_dir, cpus=layout.load_cpus) as redis_url,
+            ) as (upstream_url, upstreams),
+            processes.redis_server(log_dir=log_dir, cpus=layout.load_cpus) as (redis_url, redis_process),
         ):
+            runner.load_pids = [managed.pid for managed in upstreams] + [redis_process.pid]
             group = runner.selected("direct")
             if group:
                 log("direct to the fake upstream")

@@ -79,6 +79,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Move every thread of `pids` to `cpus` (processes that vanished are skipped)."""
+    for pid in pids:
+        try:
+            threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                continue
+
+
 def run_queue_wait_seconds(pids: list[int]) -> float:
     """Seconds `pids` spent runnable but waiting for a CPU (/proc/<pid>/schedstat): the share of the
     proxy's time that other work on its CPU took."""
@@ -205,8 +219,8 @@ def upstream(
 
 
 @contextlib.contextmanager
-def redis_server(*, log_dir: pathlib.Path, cpus: set[int] | None) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence; yields its URL."""
+def redis_server(*, log_dir: pathlib.Path, cpus: set[int] | None) -> Iterator[tuple[str, ManagedProcess]]:
+    """A throwaway redis-server on a free loopback port, no persistence; yields its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is required: run `make setup` (scripts/ensure-redis.sh)")
@@ -226,7 +240,7 @@ def redis_server(*, log_dir: pathlib.Path, cpus: set[int] | None) -> Iterator[st
             if managed.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: {managed.log_tail()}")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", managed
     finally:
         managed.stop()
 

@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         with (
             processes.upstream(
                 processes=2, api_key=scenarios.UPSTREAM_API_KEY, log_dir=log_dir, cpus=layout.load_cpus
-            ) as (upstream_url, _),
-            processes.redis_server(log_dir=log_dir, cpus=layout.load_cpus) as redis_url,
+            ) as (upstream_url, upstreams),
+            processes.redis_server(log_dir=log_dir, cpus=layout.load_cpus) as (redis_url, redis_process),
         ):
+            load_pids = [process.pid for process in upstreams] + [redis_process.pid]
             config_dir = work / "config"
             scenarios.write_proxy_config(config_dir, scenarios.build_proxy_config(upstream_url, bench_keys))
             use_redis = scenario.target == "proxy-redis"
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup_s=0,
                     layout=layout,
                     proxy=managed,
+                    load_pids=load_pids,
                 )
                 spy_options = ["--duration", str(round(args.duration)), "--rate", str(args.rate)]
                 spy_options += ["--format", "raw", "--nonblocking", "--full-filenames", "-o", str(raw_path)]
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                             warmup_s=0,
                             layout=layout,
                             proxy=managed,
+                            load_pids=load_pids,
                         )
                     )
                 )

@@ -111,13 +111,15 @@ def check_targets(
 ) -> list[TargetCheck]:
     """Issue 6's numbers against what was measured (scenario names as in `bench.scenarios`)."""
     checks: list[TargetCheck] = []
-    one = summaries.get("redis-1c")
+    # The one-CPU run measures the proxy's own added latency; the split-CPU run (also in the table)
+    # adds cross-CPU wake-ups and whatever else runs on the load CPU of a shared machine.
+    one = summaries.get("redis-1cpu") or summaries.get("redis-1c")
     if one is not None and one.added_p50_ms is not None and one.added_p99_ms is not None:
         checks.append(
             TargetCheck(
                 "1 conn, Redis limits: added p50",
                 "<= 0.5 ms",
-                f"{one.added_p50_ms:.3f} ms",
+                f"{one.added_p50_ms:.3f} ms ({one.name})",
                 one.added_p50_ms <= 0.5,
             )
         )
@@ -125,7 +127,7 @@ def check_targets(
             TargetCheck(
                 "1 conn, Redis limits: added p99",
                 "<= 2 ms",
-                f"{one.added_p99_ms:.3f} ms",
+                f"{one.added_p99_ms:.3f} ms ({one.name})",
                 one.added_p99_ms <= 2.0,
             )
         )

@@ -44,6 +44,9 @@ class Scenario:
     stream: bool
     #: The direct scenario with the same load, to compute the added latency against.
     baseline: str | None = None
+    #: Run the whole chain (wrk, proxy, Redis, upstream) on the proxy's CPU: no cross-CPU wake-ups,
+    #: so the added latency is the proxy's own work plus a same-CPU Redis round trip.
+    one_cpu: bool = False
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -61,6 +64,18 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "redis-1c", "proxy, limits on Redis, 1 conn (added latency)", "proxy-redis", 1, False, "direct-1c"
+    ),
+    Scenario(
+        "direct-1cpu", "fake upstream directly, 1 conn, all on one CPU", "direct", 1, False, one_cpu=True
+    ),
+    Scenario(
+        "redis-1cpu",
+        "proxy, limits on Redis, 1 conn, all on one CPU (added latency)",
+        "proxy-redis",
+        1,
+        False,
+        "direct-1cpu",
+        one_cpu=True,
     ),
 )
 
@@ -295,8 +310,25 @@ def run_scenario(
     warmup_s: float,
     layout: Layout,
     proxy: processes.ManagedProcess | None,
+    load_pids: list[int] | None = None,
 ) -> stats.RunMeasure:
-    """Warm up, then one measured wrk run with the proxy's CPU and RSS read around it."""
+    """Warm up, then one measured wrk run with the proxy's CPU and RSS read around it. A one-CPU
+    scenario moves `load_pids` (upstream, Redis) and wrk onto the proxy's CPU for the run."""
+    if scenario.one_cpu:
+        one = Layout(proxy_cpus=layout.proxy_cpus, load_cpus=layout.proxy_cpus)
+        processes.pin(load_pids or [], layout.proxy_cpus)
+        try:
+            return run_scenario(
+                dataclasses.replace(scenario, one_cpu=False),
+                base_url=base_url,
+                api_key=api_key,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                layout=one,
+                proxy=proxy,
+            )
+        finally:
+            processes.pin(load_pids or [], layout.load_cpus)
     url = f"{base_url}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"}
     body = request_body(scenario.stream)
