@@ -302,7 +302,8 @@ async def _proxy(
         raise errors.ProxyError(
             "config_not_loaded", "The proxy has not loaded its configuration yet; retry shortly."
         )
-    key = auth.authenticate(table.keys, auth.presented_key(request.headers, request.query), outcome.time)
+    presented = auth.presented_key(request.headers, request.query)
+    key = auth.authenticate(table.keys, presented, outcome.time)
     outcome.key = key
     body = await read_body(request, state.settings.max_body_bytes)
     payload = parse_json_object(body)
@@ -312,11 +313,38 @@ async def _proxy(
     outcome.model = model
     stream = endpoint.stream if endpoint.stream is not None else payload.get("stream") is True
     outcome.stream = stream
+    current = state.table
+    if current is not None and current is not table:
+        # A reload landed while the body arrived: route by the new rules (the old snapshot's
+        # adapters may be closing), and check the key against them too.
+        table = current
+        key = outcome.key = auth.authenticate(table.keys, presented, outcome.time)
     route = table.resolve(key, model, endpoint.api, endpoint.operation)
     outcome.provider = route.provider
     outcome.upstream_model = route.upstream_model
     outcome.price_model = route.price_model
+    # Taken with no await since the table was read: a replaced adapter is closed only after this
+    # request released it.
+    adapter = route.adapter
+    adapter.in_flight += 1
+    try:
+        return await _forward(state, request, endpoint, table, key, model, route, body, payload, outcome)
+    finally:
+        state.release(adapter)
 
+
+async def _forward(
+    state: ProxyState,
+    request: web.Request,
+    endpoint: Endpoint,
+    table: routing.RoutingTable,
+    key: config.KeyEntry,
+    model: str,
+    route: routing.Route,
+    body: bytes,
+    payload: dict[str, Any],
+    outcome: settlement.Outcome,
+) -> web.StreamResponse:
     requested = usage.requested_output_tokens(endpoint.api, payload)
     cap = key.limits.max_tokens_per_request
     if cap is not None and requested is not None and requested > cap:
@@ -339,6 +367,7 @@ async def _proxy(
     await _reserve(state, table, key, estimate.total_tokens, estimated_cost, outcome)
 
     adapter = route.adapter
+    stream = outcome.stream
     body_out, payload_out, hide = upstream_body(
         endpoint.api,
         stream,
@@ -360,18 +389,14 @@ async def _proxy(
         query={k: v for k, v in request.query.items() if k != "key"} if request.query else {},
         request_id=outcome.request_id,
     )
-    adapter.in_flight += 1
     try:
-        try:
-            upstream = await adapter.send(call)
-        except errors.ProxyError as error:
-            outcome.upstream_error = error.code
-            raise
-        if stream and 200 <= upstream.status < 300:
-            return await _stream(request, upstream, call, adapter, hide, prompt_tokens, outcome)
-        return await _whole(upstream, call, adapter, route, prompt_tokens, outcome)
-    finally:
-        state.release(adapter)
+        upstream = await adapter.send(call)
+    except errors.ProxyError as error:
+        outcome.upstream_error = error.code
+        raise
+    if stream and 200 <= upstream.status < 300:
+        return await _stream(request, upstream, call, adapter, hide, prompt_tokens, outcome)
+    return await _whole(upstream, call, adapter, route, prompt_tokens, outcome)
 
 
 async def _reserve(
