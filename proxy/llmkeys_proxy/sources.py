@@ -194,7 +194,7 @@ class DirectorySource(ConfigSource):
         super().__init__()
         self.directory = pathlib.Path(directory)
         self.interval_s = interval_s
-        self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -216,13 +216,14 @@ class DirectorySource(ConfigSource):
             except Exception as exc:  # keep polling whatever happens
                 self._fail(f"unexpected error: {type(exc).__name__}")
 
-    def _stat(self) -> tuple[tuple[str, int, int], ...]:
+    def _stat(self) -> tuple[tuple[str, int, int, int], ...]:
+        # The inode too: an atomic replace within one timestamp tick, same size, is still seen.
         entries = []
         with os.scandir(self.directory) as it:
             for entry in it:
                 if entry.name.endswith(".json") and not entry.name.startswith("."):
                     st = entry.stat()
-                    entries.append((entry.name, st.st_mtime_ns, st.st_size))
+                    entries.append((entry.name, st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(sorted(entries))
 
     async def poll(self) -> None:
