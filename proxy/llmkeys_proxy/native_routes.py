@@ -47,6 +47,7 @@ BEDROCK_OPERATIONS: dict[str, tuple[usage.ApiFormat, bool]] = {
     "converse-stream": ("bedrock-converse", True),
     "invoke": ("bedrock-invoke", False),
     "invoke-with-response-stream": ("bedrock-invoke", True),
+    "count-tokens": ("bedrock-converse", False),
 }
 
 

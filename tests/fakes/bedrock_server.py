@@ -1,6 +1,7 @@
 """A fake Amazon Bedrock Runtime speaking the real wire formats; used by the provider integration tests.
 
-POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream. Streams are
+POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream,
+/count-tokens. Streams are
 `application/vnd.amazon.eventstream` frames with correct CRC32s (`encode_frame`). Authentication
 is either a Bedrock API key (`Authorization: Bearer`) or SigV4, verified with botocore's own signer
 (so the proxy's signer is checked by an independent implementation). InvokeModel speaks Claude's
@@ -189,6 +190,14 @@ class FakeBedrock:
             return self._invoke(model_id, payload)
         if operation == "invoke-with-response-stream":
             return await self._invoke_stream(request, model_id, payload)
+        if operation == "count-tokens":
+            converse = (payload.get("input") or {}).get("converse")
+            if converse is None:
+                invoke_body = json.loads(
+                    ((payload.get("input") or {}).get("invokeModel") or {}).get("body", "{}")
+                )
+                return web.json_response({"inputTokens": self.input_tokens(invoke_body)})
+            return web.json_response({"inputTokens": self.input_tokens(converse)})
         return bedrock_error(404, "UnknownOperationException", f"Unknown operation {operation}")
 
     def input_tokens(self, payload: dict[str, Any]) -> int:

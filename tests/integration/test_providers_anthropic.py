@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import anthropic
+import openai
 import pytest
 from tests import providers_harness
 from tests.fakes import anthropic_server, loopback
@@ -212,4 +213,14 @@ async def test_renamed_model_and_other_family_credentials(
         with pytest.raises(anthropic.BadRequestError) as unsupported:
             await sdk.messages.create(model="llama-4", max_tokens=5, messages=MESSAGES)
         assert unsupported.value.body["error"]["code"] == "endpoint_not_supported"  # type: ignore[index]
+        # And the other way round: a Claude model is not served on OpenAI's routes by an anthropic
+        # credential.
+        async with openai.AsyncOpenAI(
+            api_key=proxy.virtual_key, base_url=f"{proxy.url}/v1", max_retries=0
+        ) as oai:
+            with pytest.raises(openai.BadRequestError) as cross:
+                await oai.chat.completions.create(
+                    model="house-claude", messages=[{"role": "user", "content": "x"}]
+                )
+        assert cross.value.code == "endpoint_not_supported"
     assert len(fake.requests) == 1

@@ -188,6 +188,22 @@ async def test_invoke_model_and_its_stream(
     assert month.output_tokens == 8
 
 
+async def test_count_tokens_is_forwarded_and_free(
+    upstream: tuple[bedrock_server.FakeBedrock, str],
+    proxy: providers_harness.RunningProxy,
+    boto_client: Callable[[str, str], Any],
+) -> None:
+    fake, _ = upstream
+    client = boto_client(proxy.url, proxy.virtual_key)
+    counted = await asyncio.to_thread(
+        client.count_tokens, modelId=MODEL, input={"converse": {"messages": MESSAGES}}
+    )
+    assert counted["inputTokens"] == 4 + fake.input_overhead
+    assert fake.requests[-1].path.endswith("/count-tokens")
+    month = await proxy.month_usage()
+    assert month.requests == 1 and month.total_tokens == 0
+
+
 async def test_inference_profile_rename_and_arn_model_ids(
     upstream: tuple[bedrock_server.FakeBedrock, str],
     proxy: providers_harness.RunningProxy,

@@ -1,6 +1,6 @@
 """Adapter for Amazon Bedrock Runtime (`bedrock` credentials); built by `providers.adapter_class`.
 
-Routes `/model/<id>/converse|converse-stream|invoke|invoke-with-response-stream` to
+Routes `/model/<id>/converse|converse-stream|invoke|invoke-with-response-stream|count-tokens` to
 `https://bedrock-runtime.<region>.amazonaws.com` (or `base_url`), the model id percent-encoded as
 AWS SDKs do (ids, inference profiles and ARNs alike). Authentication: with an access key pair in
 the credential's Secret (`aws_access_key_id`, `aws_secret_access_key`, optional
@@ -20,7 +20,11 @@ import yarl
 from llmkeys_proxy import config, settings, usage
 from llmkeys_proxy.providers import base, sigv4
 
-OPERATIONS = frozenset({"converse", "converse-stream", "invoke", "invoke-with-response-stream"})
+OPERATIONS = frozenset(
+    {"converse", "converse-stream", "invoke", "invoke-with-response-stream", "count-tokens"}
+)
+#: Counting tokens is free upstream: charged as nothing.
+COUNT_OPERATIONS = frozenset({"count-tokens"})
 SIGNING_SERVICE = "bedrock"
 #: Client headers never sent upstream: the proxy adds its own date, token and signature.
 _DROPPED_PREFIXES = ("x-amz-", "authorization")
@@ -87,6 +91,8 @@ class BedrockAdapter(base.HttpAdapter):
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
     ) -> usage.TokenCounts | None:
+        if call.operation in COUNT_OPERATIONS:
+            return usage.TokenCounts(input_tokens=0)
         if call.api == "bedrock-invoke":
             # Every model family reports InvokeModel usage in headers; the body format varies.
             from_headers = usage.usage_from_bedrock_headers(response.headers)
