@@ -51,6 +51,7 @@ _DROP_REQUEST_HEADERS = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "content-type",
         "expect",
         "accept-encoding",
         "cookie",
@@ -171,8 +172,11 @@ def _deny_headers(decision: limits_base.Decision, rate: dict[str, str]) -> dict[
 
 
 def forward_headers(headers: CIMultiDictProxy[str], request_id: str) -> dict[str, str]:
-    """The client headers that may go upstream (see `_DROP_REQUEST_HEADERS`), plus our request id."""
+    """The client headers that may go upstream (see `_DROP_REQUEST_HEADERS`), plus our request id
+    and the content type of what the proxy verified the body to be (curl's default form type would
+    make a provider refuse it)."""
     kept = {name: value for name, value in headers.items() if name.lower() not in _DROP_REQUEST_HEADERS}
+    kept["Content-Type"] = "application/json"
     kept["X-Request-Id"] = request_id
     return kept
 

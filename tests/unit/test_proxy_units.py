@@ -255,7 +255,13 @@ def test_header_rules_both_ways() -> None:
         anthropic_version="v",
     )
     forwarded = pipeline.forward_headers(inbound, "rid-1")
-    assert {k.lower() for k in forwarded} == {"user-agent", "anthropic-version", "x-request-id"}
+    assert {k.lower() for k in forwarded} == {
+        "user-agent",
+        "anthropic-version",
+        "x-request-id",
+        "content-type",
+    }
+    assert forwarded["Content-Type"] == "application/json"
     upstream = CIMultiDict(
         {
             "Content-Type": "application/json",
