@@ -92,9 +92,14 @@ def _rs256_signer(private_key_pem: str) -> Callable[[bytes], bytes]:
 
 
 def build_assertion(
-    account: ServiceAccount, *, scope: str = CLOUD_PLATFORM_SCOPE, now: float | None = None
+    account: ServiceAccount,
+    *,
+    scope: str = CLOUD_PLATFORM_SCOPE,
+    now: float | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> str:
-    """The signed JWT the token endpoint exchanges for an access token."""
+    """The signed JWT the token endpoint exchanges for an access token; `sign` is a signer made
+    earlier for this account (loading the key is the slow part), else one is made now."""
     issued = int(time.time() if now is None else now)
     header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
     if account.private_key_id:
@@ -110,7 +115,8 @@ def build_assertion(
         f"{_b64url(json.dumps(header, separators=(',', ':')).encode())}."
         f"{_b64url(json.dumps(claims, separators=(',', ':')).encode())}"
     )
-    signature = _rs256_signer(account.private_key_pem)(signing_input.encode("ascii"))
+    signer = sign if sign is not None else _rs256_signer(account.private_key_pem)
+    signature = signer(signing_input.encode("ascii"))
     return f"{signing_input}.{_b64url(signature)}"
 
 
@@ -133,6 +139,7 @@ class AccessTokenSource:
         self._token: str | None = None
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
+        self._sign: Callable[[bytes], bytes] | None = None
 
     def __repr__(self) -> str:
         return f"AccessTokenSource(client_email={self._account.client_email!r})"
@@ -154,9 +161,15 @@ class AccessTokenSource:
             self._token, self._refresh_at = token, self._clock() + expires_in - margin
             return token
 
+    def _assertion(self, now: float) -> str:
+        if self._sign is None:
+            self._sign = _rs256_signer(self._account.private_key_pem)
+        return build_assertion(self._account, scope=self._scope, now=now, sign=self._sign)
+
     async def _mint(self, session: aiohttp.ClientSession) -> tuple[str, float]:
-        # Signing is CPU-bound (one RSA private-key operation, about a millisecond): done inline.
-        assertion = build_assertion(self._account, scope=self._scope, now=self._clock())
+        # Loading the key (tens of ms, once) and signing (about a millisecond) are CPU work: off
+        # the event loop, so requests in flight do not stall while a token is minted.
+        assertion = await asyncio.to_thread(self._assertion, self._clock())
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
         try:
             async with session.post(self._account.token_uri, data=form, timeout=self._timeout) as resp:
