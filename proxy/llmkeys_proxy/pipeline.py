@@ -428,6 +428,9 @@ async def _reserve(
         state.metrics.limiter_unavailable.labels(mode).inc()
         if mode == "Allow":
             outcome.limiter_bypassed = True
+            # Settling a stand-in reservation still counts the usage (the limiter keeps it until
+            # it answers again).
+            outcome.reservation = limits_base.unreserved(reserve_request)
             logger.warning("limiter unavailable: key %s served unlimited (policy Allow)", key.key_id)
             return
         raise errors.ProxyError(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from tests import proxy_harness
+from tests import proxy_harness, redis_server
 from tests.fakes import openai_server
 
 from llmkeys_proxy import config, errors, settings, sources
@@ -336,3 +336,27 @@ def test_every_code_is_documented_with_its_status() -> None:
     table = errors.code_table_markdown()
     for code, row in errors.CODES.items():
         assert f"| `{code}` | {row.status} |" in table
+
+
+async def test_allow_policy_counts_usage_once_redis_is_back(
+    fake: tuple[openai_server.FakeOpenAI, str], private_redis: redis_server.RedisServer
+) -> None:
+    upstream, url = fake
+    lenient = proxy_harness.issue_key(name="lenient", on_limiter_unavailable="Allow")
+    cfg = proxy_harness.proxy_config([lenient], [proxy_harness.openai_provider(url, upstream.api_key)])
+    limiter = redis_limits.RedisLimiter(private_redis.url, operation_timeout_s=0.5)
+    async with proxy_harness.run_proxy(sources.StaticSource(cfg), limiter=limiter) as proxy:
+        private_redis.kill()
+        served = await post(proxy, lenient.key, {"model": "gpt-4o-mini", "messages": MESSAGES})
+        assert served.status_code == 200
+        await proxy.settled()
+        private_redis.restart()
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # the limiter replays what it could not settle once Redis answers again
+            await limiter.ping()
+            month = (await limiter.read_usage([lenient.key_id], [], datetime.now(UTC)))[lenient.key_id].month
+            if month.requests:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "usage served under Allow was never counted"
+            await asyncio.sleep(0.05)
+    assert (month.requests, month.input_tokens) == (1, 1 + 7)
