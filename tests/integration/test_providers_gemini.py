@@ -212,6 +212,21 @@ async def test_errors_in_google_shape(
     assert month.requests == 0 and month.total_tokens == 0  # refused upstream: refunded
 
 
+async def test_a_refused_gateway_key_is_not_the_callers_fault(
+    upstream: tuple[gemini_server.FakeGemini, str],
+    proxy: providers_harness.RunningProxy,
+    http: aiohttp.ClientSession,
+) -> None:
+    fake, _ = upstream
+    real_key = fake.api_key
+    fake.api_key = "AIza-rotated-elsewhere"
+    with pytest.raises(genai_errors.ServerError) as refused:
+        await sdk(proxy, http).aio.models.generate_content(model="gemini-3.5-flash", contents="x")
+    assert refused.value.code == 502
+    assert refused.value.details["error"]["details"][0]["reason"] == "upstream_auth_failed"
+    assert real_key not in str(refused.value.details)
+
+
 async def test_model_not_allowed_and_max_tokens(
     upstream: tuple[gemini_server.FakeGemini, str], http: aiohttp.ClientSession
 ) -> None:

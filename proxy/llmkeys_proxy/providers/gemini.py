@@ -87,6 +87,17 @@ class GeminiAdapter(base.HttpAdapter):
             "POST", self.url(call.operation, call.upstream_model, call.query), headers, body
         )
 
+    async def send(self, call: base.UpstreamCall) -> base.UpstreamResponse:
+        response = await super().send(call)
+        if response.status == 400:
+            # Google answers a bad API key with 400 API_KEY_INVALID. That is the gateway's key, not
+            # the caller's request: shown as 401 so the pipeline reports upstream_auth_failed.
+            # (The body stays cached in the response for the pipeline to read again.)
+            body = await response.read()
+            if b"API_KEY_INVALID" in body:
+                response.status = 401
+        return response
+
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
     ) -> usage.TokenCounts | None:
