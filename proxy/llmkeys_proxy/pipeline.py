@@ -360,15 +360,21 @@ async def _forward(
     reserve_output = requested if requested is not None else key.default_output_reservation
     if cap is not None:
         reserve_output = min(reserve_output, cap)
-    if len(body) > THREAD_ESTIMATE_BYTES:
-        prompt_tokens = await asyncio.to_thread(
-            usage.estimate_prompt_tokens, endpoint.api, route.price_model, payload
-        )
-    else:
-        prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
-    estimate = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
-    estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
-    await _reserve(state, table, key, estimate.total_tokens, estimated_cost, outcome)
+    pools = table.pools_of(key)
+    prompt_tokens: int | None = None
+    estimated_cost = 0
+    if pools or _counts_tokens(key.limits):
+        # Only token and spend limits need the prompt counted up front; otherwise it is counted
+        # later, and only if the provider reports no usage.
+        if len(body) > THREAD_ESTIMATE_BYTES:
+            prompt_tokens = await asyncio.to_thread(
+                usage.estimate_prompt_tokens, endpoint.api, route.price_model, payload
+            )
+        else:
+            prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
+        estimate = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
+        estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
+    await _reserve(state, key, pools, (prompt_tokens or 0) + reserve_output, estimated_cost, outcome)
 
     adapter = route.adapter
     stream = outcome.stream
@@ -403,10 +409,26 @@ async def _forward(
     return await _whole(upstream, call, adapter, route, prompt_tokens, outcome)
 
 
+def _counts_tokens(limits: config.Limits) -> bool:
+    return (
+        limits.tokens_per_minute is not None
+        or limits.tokens_per_day is not None
+        or limits.tokens_per_month is not None
+        or limits.spend_per_month_micro_usd is not None
+    )
+
+
+def _prompt_tokens(known: int | None, call: providers_base.UpstreamCall, outcome: settlement.Outcome) -> int:
+    """The prompt estimate, counted now if the reservation did not need it."""
+    if known is not None:
+        return known
+    return usage.estimate_prompt_tokens(call.api, outcome.price_model or call.upstream_model, call.payload)
+
+
 async def _reserve(
     state: ProxyState,
-    table: routing.RoutingTable,
     key: config.KeyEntry,
+    pools: tuple[limits_base.PoolLimit, ...],
     tokens: int,
     micro_usd: int,
     outcome: settlement.Outcome,
@@ -414,7 +436,7 @@ async def _reserve(
     reserve_request = limits_base.ReserveRequest(
         key_id=key.key_id,
         limits=key.limits,
-        pools=table.pools_of(key),
+        pools=pools,
         estimated_tokens=tokens,
         estimated_micro_usd=micro_usd,
         now=outcome.time,
@@ -453,7 +475,7 @@ async def _whole(
     call: providers_base.UpstreamCall,
     adapter: providers_base.ProviderAdapter,
     route: routing.Route,
-    prompt_tokens: int,
+    prompt_tokens: int | None,
     outcome: settlement.Outcome,
 ) -> web.Response:
     try:
@@ -465,7 +487,10 @@ async def _whole(
         return _upstream_failure(upstream, data, adapter, route, outcome)
     counts = adapter.response_usage(call, upstream, data)
     if counts is None:
-        counts = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=_output_tokens_of(call, data))
+        counts = usage.TokenCounts(
+            input_tokens=_prompt_tokens(prompt_tokens, call, outcome),
+            output_tokens=_output_tokens_of(call, data),
+        )
         outcome.usage_source = "estimate"
     else:
         outcome.usage_source = "provider"
@@ -567,7 +592,7 @@ async def _stream(
     call: providers_base.UpstreamCall,
     adapter: providers_base.ProviderAdapter,
     hide: bool,
-    prompt_tokens: int,
+    prompt_tokens: int | None,
     outcome: settlement.Outcome,
 ) -> web.StreamResponse:
     """Pass a streamed body through chunk by chunk, metering usage; settles whatever happens."""
@@ -601,7 +626,9 @@ async def _stream(
     finally:
         upstream.close()
         outcome.upstream_error = outcome.upstream_error or upstream.error
-        counts = meter.settled_counts(prompt_tokens)
+        if prompt_tokens is None and (meter.usage is None or not meter.complete):
+            prompt_tokens = _prompt_tokens(None, call, outcome)
+        counts = meter.settled_counts(prompt_tokens or 0)
         outcome.counts = counts
         outcome.usage_source = "provider" if meter.complete and counts == meter.usage else "estimate"
     return response
