@@ -10,14 +10,15 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
 from dataclasses import dataclass
 
 PREFIX = "sk-llmk-"
 KEY_ID_LENGTH = 12
 # 43 base62 characters carry 256.03 bits of entropy.
 SECRET_LENGTH = 43
-_KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-_SECRET_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_KEY_ID_ALPHABET = string.ascii_lowercase + string.digits
+_SECRET_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 
 #: Regex for secret scanners (gitleaks, trufflehog, GitHub custom patterns). Documented in README.md.
 SCANNER_REGEX = r"\bsk-llmk-[a-z0-9]{12}-[A-Za-z0-9]{43}\b"
