@@ -26,20 +26,14 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from llmkeys_proxy import config
+
 GROUP = "llmkeys.io"
 VERSION = "v1alpha1"
 API_VERSION: Final = "llmkeys.io/v1alpha1"
 
-ProviderType = Literal[
-    "openai",
-    "azure-openai",
-    "anthropic",
-    "gemini",
-    "vertex-ai",
-    "bedrock",
-    "openai-compatible",
-    "mock",
-]
+#: Provider families: one list for the API and the proxy contract (the proxy owns it).
+ProviderType = config.ProviderType
 PROVIDER_TYPES: tuple[str, ...] = ProviderType.__args__  # type: ignore[attr-defined]
 
 #: Owner fields as spelled in manifests (policy `requiredOwnerFields`, budget `groupBy`).
