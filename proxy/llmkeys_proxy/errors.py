@@ -44,7 +44,9 @@ CODES: dict[str, ErrorCode] = {
     "model_required": ErrorCode(400, "invalid_request_error", "the request names no model"),
     "invalid_json": ErrorCode(400, "invalid_request_error", "the body is not a JSON object"),
     "max_tokens_exceeded": ErrorCode(
-        400, "invalid_request_error", "requested output tokens above the key's maxTokensPerRequest"
+        400,
+        "invalid_request_error",
+        "requested output tokens above the key's (or its credential's) maxTokensPerRequest",
     ),
     "request_too_large": ErrorCode(413, "invalid_request_error", "body above LLMKEYS_MAX_BODY_BYTES"),
     "not_found": ErrorCode(404, "invalid_request_error", "no such route"),
@@ -52,6 +54,9 @@ CODES: dict[str, ErrorCode] = {
     "token_limit_exceeded": ErrorCode(429, "rate_limit_error", "tokens per minute/day/month reached"),
     "budget_exceeded": ErrorCode(429, "insufficient_quota", "the key's monthly spend cap reached"),
     "pool_budget_exceeded": ErrorCode(429, "insufficient_quota", "a shared (team) budget is exhausted"),
+    "provider_limit_exceeded": ErrorCode(
+        429, "rate_limit_error", "the provider credential's shared (account-wide) limit reached"
+    ),
     "limiter_unavailable": ErrorCode(
         503, "server_error", "the limiter (Redis) is unreachable; policy Reject"
     ),

@@ -98,6 +98,7 @@ _DENY_MESSAGES: dict[str, str] = {
     "token_limit_exceeded": "Token limit reached for this key.",
     "budget_exceeded": "This key's monthly spend cap is reached.",
     "pool_budget_exceeded": "A shared budget this key draws from is exhausted.",
+    "provider_limit_exceeded": "The provider credential serving this model is at its shared limit.",
 }
 
 
@@ -357,13 +358,29 @@ async def _forward(
             f"This key allows at most {cap} output tokens per request; the request asks for {requested}.",
             param="max_tokens",
         )
+    provider_limits = route.provider.limits
+    provider_cap = None if provider_limits is None else provider_limits.max_tokens_per_request
+    if provider_cap is not None:
+        if requested is not None and requested > provider_cap:
+            raise errors.ProxyError(
+                "max_tokens_exceeded",
+                f"The provider credential serving '{model}' allows at most {provider_cap} output tokens "
+                f"per request; the request asks for {requested}.",
+                param="max_tokens",
+            )
+        cap = provider_cap if cap is None else min(cap, provider_cap)
     reserve_output = requested if requested is not None else key.default_output_reservation
     if cap is not None:
         reserve_output = min(reserve_output, cap)
     pools = table.pools_of(key)
+    provider_limit = table.provider_limits.get(route.provider.id) if table.provider_limits else None
     prompt_tokens: int | None = None
     estimated_cost = 0
-    if pools or _counts_tokens(key.limits):
+    if (
+        pools
+        or _counts_tokens(key.limits)
+        or (provider_limit is not None and _counts_tokens(provider_limit.limits))
+    ):
         # Only token and spend limits need the prompt counted up front; otherwise it is counted
         # later, and only if the provider reports no usage.
         if len(body) > THREAD_ESTIMATE_BYTES:
@@ -374,7 +391,9 @@ async def _forward(
             prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
         estimate = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
         estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
-    await _reserve(state, key, pools, (prompt_tokens or 0) + reserve_output, estimated_cost, outcome)
+    await _reserve(
+        state, key, pools, provider_limit, (prompt_tokens or 0) + reserve_output, estimated_cost, outcome
+    )
 
     adapter = route.adapter
     stream = outcome.stream
@@ -429,6 +448,7 @@ async def _reserve(
     state: ProxyState,
     key: config.KeyEntry,
     pools: tuple[limits_base.PoolLimit, ...],
+    provider_limit: limits_base.ProviderLimit | None,
     tokens: int,
     micro_usd: int,
     outcome: settlement.Outcome,
@@ -442,6 +462,7 @@ async def _reserve(
         now=outcome.time,
         month_usage_seed=key.month_usage_seed,
         day_usage_seed=key.day_usage_seed,
+        provider=provider_limit,
     )
     try:
         decision = await state.limiter.reserve(reserve_request)

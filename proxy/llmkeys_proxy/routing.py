@@ -32,6 +32,21 @@ class Route:
     price_model: str
 
 
+def _limiter_enforced(limits: config.Limits) -> bool:
+    """Whether any limit the limiter keeps counters for is set (maxTokensPerRequest is checked
+    by the pipeline, per request)."""
+    return any(
+        value is not None
+        for value in (
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.tokens_per_day,
+            limits.tokens_per_month,
+            limits.spend_per_month_micro_usd,
+        )
+    )
+
+
 class RoutingTable:
     """Indexes of one `ProxyConfig` plus the adapters of its providers."""
 
@@ -55,6 +70,12 @@ class RoutingTable:
                 month_usage_seed=pool.month_usage_seed,
             )
             for pool in pools.values()
+        }
+        #: Credentials with provider-wide limits the limiter enforces (absent: nothing to reserve).
+        self.provider_limits: dict[str, limits_base.ProviderLimit] = {
+            provider.id: limits_base.ProviderLimit(provider.id, provider.limits)
+            for provider in proxy_config.providers
+            if provider.limits is not None and _limiter_enforced(provider.limits)
         }
         self._key_pools: dict[str, tuple[limits_base.PoolLimit, ...]] = {}
         self._routes: dict[tuple[str, str, str, str], Route | errors.ProxyError] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -20,6 +21,7 @@ DenyCode = Literal[
     "token_limit_exceeded",  # tokens per minute / day / month, or max tokens of one request
     "budget_exceeded",  # the key's monthly spend cap
     "pool_budget_exceeded",  # a shared pool (LLMPolicy budget) is exhausted
+    "provider_limit_exceeded",  # the credential's provider-wide limits (the shared upstream account)
 ]
 
 
@@ -39,6 +41,17 @@ class PoolLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderLimit:
+    """A ProviderCredential's provider-wide limits (protecting the shared upstream account): every
+    request routed to the credential counts against them, whichever key sent it. The limiter applies
+    RPM, TPM, tokens per day and month and spend per month; `max_tokens_per_request` is the
+    pipeline's to check."""
+
+    provider_id: str
+    limits: config.Limits
+
+
+@dataclass(frozen=True, slots=True)
 class ReserveRequest:
     """What one request wants to reserve (estimates, before the upstream answers)."""
 
@@ -50,6 +63,8 @@ class ReserveRequest:
     now: datetime  # UTC; periods (minute window, day, month) derive from it
     month_usage_seed: config.UsageSeed | None = None
     day_usage_seed: config.UsageSeed | None = None
+    #: The credential the request is routed to, when it has provider-wide limits.
+    provider: ProviderLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,8 @@ class Reservation:
     month_usage_seed: config.UsageSeed | None = None
     day_usage_seed: config.UsageSeed | None = None
     pool_month_usage_seeds: tuple[config.UsageSeed | None, ...] = ()
+    #: The credential scope the reservation also holds (None: its credential has no limits).
+    provider_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,7 @@ def unreserved(request: ReserveRequest, now: datetime | None = None) -> Reservat
         month_usage_seed=request.month_usage_seed,
         day_usage_seed=request.day_usage_seed,
         pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
+        provider_id=None if request.provider is None else request.provider.provider_id,
     )
 
 
@@ -182,9 +200,10 @@ class Limiter(abc.ABC):
 
     @abc.abstractmethod
     async def read_usage(
-        self, key_ids: list[str], pool_ids: list[str], now: datetime
+        self, key_ids: list[str], pool_ids: list[str], now: datetime, *, provider_ids: Sequence[str] = ()
     ) -> dict[str, UsageSnapshot]:
-        """Usage of keys and pools for the current UTC day and month, in one pipelined call."""
+        """Usage of keys, pools (and credentials with provider-wide limits) for the current UTC day
+        and month, in one pipelined call."""
 
     @abc.abstractmethod
     async def seed_usage(self, targets: list[SeedTarget], now: datetime) -> int:

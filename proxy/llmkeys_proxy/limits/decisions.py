@@ -75,3 +75,28 @@ def pool_denial(pool_id: str, rate: base.RateState) -> base.Decision:
         exhausted=True,
         rate=rate,
     )
+
+
+def provider_denial(
+    provider_id: str, limits: config.Limits, reason: int, retry_ms: int, rate: base.RateState
+) -> base.Decision:
+    """The credential's provider-wide limits denied (the shared upstream account): windows say when
+    to retry, period caps say not to. `rate` stays the key's own (x-ratelimit-* describe the key)."""
+    if reason == REQUESTS_PER_MINUTE:
+        what = f"{limits.requests_per_minute} requests per minute"
+    elif reason == TOKENS_PER_MINUTE:
+        what = f"{limits.tokens_per_minute} tokens per minute"
+    elif reason == TOKENS_PER_DAY:
+        what = f"{limits.tokens_per_day} tokens per UTC day"
+    elif reason == TOKENS_PER_MONTH:
+        what = f"{limits.tokens_per_month} tokens per UTC month"
+    else:
+        what = f"USD {(limits.spend_per_month_micro_usd or 0) / 1_000_000:.2f} per UTC month"
+    return base.Decision(
+        allowed=False,
+        code="provider_limit_exceeded",
+        message=f"The provider credential {provider_id} is at its shared limit of {what}.",
+        retry_after_s=None if retry_ms == NO_RETRY else retry_ms / 1000,
+        exhausted=retry_ms == NO_RETRY,
+        rate=rate,
+    )

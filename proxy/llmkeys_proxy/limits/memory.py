@@ -1,8 +1,8 @@
 """In-process limiter backend for standalone mode (one proxy process); called like `limits.redis`.
 
 Same semantics as the Redis scripts, kept in plain dicts: every method runs to completion without
-awaiting, so on one event loop each call is atomic, and a request's key and pool checks happen
-together (no compensation step is needed here). State lives as long as the process; on start, the
+awaiting, so on one event loop each call is atomic, and a request's key, pool and credential checks
+happen together (no compensation step is needed here). State lives as long as the process; on start, the
 config's usage seeds restore month and day counters exactly as after a Redis loss.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,7 +54,7 @@ class _Record:
 
 @dataclass(slots=True)
 class _Scope:
-    """Everything of one key or one pool (what one hash tag holds in Redis)."""
+    """Everything of one key, one pool or one credential (what one hash tag holds in Redis)."""
 
     window: list[tuple[int, str]] = field(default_factory=list)  # (admitted ms, id), sorted
     window_tokens: dict[str, int] = field(default_factory=dict)
@@ -136,6 +137,20 @@ class _Caps:
     tokens_per_month: int | None = None
     micro_usd_per_month: int | None = None
 
+    @classmethod
+    def of(cls, limits: config.Limits) -> _Caps:
+        return cls(
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.tokens_per_day,
+            limits.tokens_per_month,
+            limits.spend_per_month_micro_usd,
+        )
+
+    @property
+    def windowed(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
 
 class MemoryLimiter(base.Limiter):
     """The standalone backend: exact, atomic, single process."""
@@ -144,14 +159,24 @@ class MemoryLimiter(base.Limiter):
         if reservation_ttl_s * 1000 <= periods.WINDOW_MS:
             raise ValueError("reservation_ttl_s must exceed the 60 s window")
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
-        self._scopes: dict[tuple[bool, str], _Scope] = {}
+        # By (kind, id): kind "k" a key, "p" a pool, "c" a credential's provider-wide scope.
+        self._scopes: dict[tuple[str, str], _Scope] = {}
         self._next_id = 0
 
-    def _scope(self, scope_id: str, *, is_pool: bool) -> _Scope:
-        scope = self._scopes.get((is_pool, scope_id))
+    def _scope(self, scope_id: str, *, is_pool: bool = False, is_provider: bool = False) -> _Scope:
+        kind = "c" if is_provider else "p" if is_pool else "k"
+        scope = self._scopes.get((kind, scope_id))
         if scope is None:
-            scope = self._scopes[(is_pool, scope_id)] = _Scope()
+            scope = self._scopes[(kind, scope_id)] = _Scope()
         return scope
+
+    def _reservation_scopes(self, reservation: base.Reservation) -> list[_Scope]:
+        """Key, pools, then the credential: every scope a reservation holds."""
+        scopes = [self._scope(reservation.key_id)]
+        scopes += [self._scope(pool_id, is_pool=True) for pool_id in reservation.pool_ids]
+        if reservation.provider_id is not None:
+            scopes.append(self._scope(reservation.provider_id, is_provider=True))
+        return scopes
 
     async def reserve(self, request: base.ReserveRequest) -> base.Decision:
         now = periods.as_utc(request.now)
@@ -162,18 +187,12 @@ class MemoryLimiter(base.Limiter):
         micro_usd = max(0, request.estimated_micro_usd)
         limits = request.limits
 
-        key_scope = self._scope(request.key_id, is_pool=False)
+        key_scope = self._scope(request.key_id)
         key_scope.sweep(now_ms)
         key_scope.seed_if_absent(month, request.month_usage_seed, now_ms, month_ttl)
         key_scope.seed_if_absent(day, request.day_usage_seed, now_ms, day_ttl)
-        key_caps = _Caps(
-            limits.requests_per_minute,
-            limits.tokens_per_minute,
-            limits.tokens_per_day,
-            limits.tokens_per_month,
-            limits.spend_per_month_micro_usd,
-        )
-        windowed = key_caps.requests_per_minute is not None or key_caps.tokens_per_minute is not None
+        key_caps = _Caps.of(limits)
+        windowed = key_caps.windowed
         if windowed:
             key_scope.prune_window(now_ms)
         rate = decisions.rate_state(
@@ -192,11 +211,28 @@ class MemoryLimiter(base.Limiter):
             reason, _ = _check(pool_scope, pool_caps, tokens, micro_usd, day, month, now_ms)
             if reason != decisions.ADMITTED:
                 return decisions.pool_denial(pool.pool_id, rate)
+        provider = request.provider
+        provider_scope: _Scope | None = None
+        provider_windowed = False
+        if provider is not None:
+            provider_scope = self._scope(provider.provider_id, is_provider=True)
+            provider_scope.sweep(now_ms)
+            provider_caps = _Caps.of(provider.limits)
+            provider_windowed = provider_caps.windowed
+            if provider_windowed:
+                provider_scope.prune_window(now_ms)
+            reason, retry_ms = _check(provider_scope, provider_caps, tokens, micro_usd, day, month, now_ms)
+            if reason != decisions.ADMITTED:
+                return decisions.provider_denial(
+                    provider.provider_id, provider.limits, reason, retry_ms, rate
+                )
 
         self._next_id += 1
         reservation_id = f"m{self._next_id:x}"
         scopes = [(key_scope, windowed)]
         scopes += [(self._scope(pool.pool_id, is_pool=True), False) for pool in request.pools]
+        if provider_scope is not None:
+            scopes.append((provider_scope, provider_windowed))
         for scope, in_window in scopes:
             if in_window:
                 bisect.insort(scope.window, (now_ms, reservation_id))
@@ -224,6 +260,7 @@ class MemoryLimiter(base.Limiter):
                 month_usage_seed=request.month_usage_seed,
                 day_usage_seed=request.day_usage_seed,
                 pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
+                provider_id=None if provider is None else provider.provider_id,
             ),
             rate=rate,
         )
@@ -234,11 +271,14 @@ class MemoryLimiter(base.Limiter):
         day_ttl, month_ttl = periods.day_counter_ttl_s(created), periods.month_counter_ttl_s(created)
         now_ms = periods.epoch_ms(now)
         pool_seeds = reservation.pool_month_usage_seeds or (None,) * len(reservation.pool_ids)
-        targets = [(self._scope(reservation.key_id, is_pool=False), reservation.month_usage_seed)]
+        targets = [(self._scope(reservation.key_id), reservation.month_usage_seed)]
         targets += [
             (self._scope(pool_id, is_pool=True), seed)
             for pool_id, seed in zip(reservation.pool_ids, pool_seeds, strict=True)
         ]
+        if reservation.provider_id is not None:
+            # Credentials carry no usage seed: after a restart their periods start from zero.
+            targets.append((self._scope(reservation.provider_id, is_provider=True), None))
         for index, (scope, month_seed) in enumerate(targets):
             scope.sweep(now_ms)
             scope.seed_if_absent(month, month_seed, now_ms, month_ttl)
@@ -267,9 +307,7 @@ class MemoryLimiter(base.Limiter):
 
     async def refund(self, reservation: base.Reservation, now: datetime) -> None:
         now_ms = periods.epoch_ms(now)
-        scopes = [self._scope(reservation.key_id, is_pool=False)]
-        scopes += [self._scope(pool_id, is_pool=True) for pool_id in reservation.pool_ids]
-        for scope in scopes:
+        for scope in self._reservation_scopes(reservation):
             scope.sweep(now_ms)
             record = scope.records.get(reservation.id)
             if record is None or not record.open:
@@ -283,12 +321,13 @@ class MemoryLimiter(base.Limiter):
                 scope.window_sum -= old
 
     async def read_usage(
-        self, key_ids: list[str], pool_ids: list[str], now: datetime
+        self, key_ids: list[str], pool_ids: list[str], now: datetime, *, provider_ids: Sequence[str] = ()
     ) -> dict[str, base.UsageSnapshot]:
         now_ms = periods.epoch_ms(now)
         day, month = periods.day_id(now), periods.month_id(now)
-        scopes = [(key_id, self._scopes.get((False, key_id))) for key_id in key_ids]
-        scopes += [(pool_id, self._scopes.get((True, pool_id))) for pool_id in pool_ids]
+        scopes = [(key_id, self._scopes.get(("k", key_id))) for key_id in key_ids]
+        scopes += [(pool_id, self._scopes.get(("p", pool_id))) for pool_id in pool_ids]
+        scopes += [(provider_id, self._scopes.get(("c", provider_id))) for provider_id in provider_ids]
         return {
             scope_id: base.UsageSnapshot(
                 day=_period_usage(day, None if scope is None else scope.counter(day, now_ms)),

@@ -3,7 +3,8 @@
 Called by the proxy's request pipeline (`reserve`, then `settle` or `refund`) and by the operator's
 usage sync (`read_usage`, `seed_usage`). Works against Redis >= 7.0, Valkey and managed Redis; the
 key layout is Redis Cluster compatible: everything of one key lives under the hash tag `{<keyId>}`,
-everything of one pool under `{pool:<poolId>}`, and each script touches a single tag.
+everything of one pool under `{pool:<poolId>}`, a credential's provider-wide limits under
+`{prov:<credentialId>}`, and each script touches a single tag.
 
 Keys (prefix `llmk`, per scope `<base>` = `llmk:{<tag>}:`): `<base>w` rolling-window log (zset of
 reservation ids by admission ms), `<base>wt` the window's tokens (hash id -> tokens, `_sum`),
@@ -11,11 +12,12 @@ reservation ids by admission ms), `<base>wt` the window's tokens (hash id -> tok
 stok = seeded tokens, rtok/rusd = held by open reservations), `<base>r` reservation records and
 `<base>rx` their expiries (crashed proxies' reservations are swept by the next script on that scope).
 
-A request with pools runs one reserve script per scope in the same pipeline. Redis (let alone a
-cluster) cannot make scripts on different slots atomic together, so each scope admits or denies on
-its own; if any denies, the client cancels what the others reserved (second round trip, deny path
-only). Guarantee: no scope ever admits beyond its limits; a request cancelled this way may briefly
-hold capacity and cause a concurrent request near the same limit to be denied (never over-admit).
+A request with pools (or routed to a credential with provider-wide limits) runs one reserve script
+per scope in the same pipeline. Redis (let alone a cluster) cannot make scripts on different slots
+atomic together, so each scope admits or denies on its own; if any denies, the client cancels what
+the others reserved (second round trip, deny path only). Guarantee: no scope ever admits beyond its
+limits; a request cancelled this way may briefly hold capacity and cause a concurrent request near
+the same limit to be denied (never over-admit).
 
 Time is the caller's `now` (the proxies' clocks, NTP-synchronised): windows are exact across
 replicas up to the clock skew between them. Settlements Redis misses are kept and replayed.
@@ -159,11 +161,11 @@ class RedisLimiter(base.Limiter):
 
     # -- key layout --------------------------------------------------------------------------------
 
-    def _base(self, scope_id: str, *, is_pool: bool) -> str:
-        if is_pool:
-            # Braces in a pool id would change the hash tag; such ids are hashed instead.
+    def _base(self, scope_id: str, *, is_pool: bool = False, is_provider: bool = False) -> str:
+        if is_pool or is_provider:
+            # Braces in an id would change the hash tag; such ids are hashed instead.
             tag = scope_id if "{" not in scope_id and "}" not in scope_id else _digest(scope_id)
-            return f"{self._prefix}:{{pool:{tag}}}:"
+            return f"{self._prefix}:{{{'prov' if is_provider else 'pool'}:{tag}}}:"
         return f"{self._prefix}:{{{scope_id}}}:"
 
     # -- the phases ---------------------------------------------------------------------------------
@@ -236,6 +238,24 @@ class RedisLimiter(base.Limiter):
                     None,
                 )
             )
+        provider = request.provider
+        if provider is not None:
+            plimits = provider.limits
+            scope_bases.append(self._base(provider.provider_id, is_provider=True))
+            calls.append(
+                reserve_call(
+                    scope_bases[-1],
+                    (
+                        plimits.requests_per_minute,
+                        plimits.tokens_per_minute,
+                        plimits.tokens_per_day,
+                        plimits.tokens_per_month,
+                        plimits.spend_per_month_micro_usd,
+                    ),
+                    None,  # credentials carry no usage seed: after a Redis loss their periods restart
+                    None,
+                )
+            )
         results = await self._run(calls)
         admitted = [int(result[0]) == 1 for result in results]
         key_result = results[0]
@@ -253,6 +273,7 @@ class RedisLimiter(base.Limiter):
                     month_usage_seed=request.month_usage_seed,
                     day_usage_seed=request.day_usage_seed,
                     pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
+                    provider_id=None if provider is None else provider.provider_id,
                 ),
                 rate=rate,
             )
@@ -267,7 +288,14 @@ class RedisLimiter(base.Limiter):
                 await self._run(cancels)
         if not admitted[0]:
             return decisions.key_denial(limits, int(key_result[1]), int(key_result[2]), rate)
-        return decisions.pool_denial(request.pools[admitted.index(False) - 1].pool_id, rate)
+        denied_at = admitted.index(False)
+        if denied_at <= len(request.pools):
+            return decisions.pool_denial(request.pools[denied_at - 1].pool_id, rate)
+        assert provider is not None  # the only scope after the pools
+        provider_result = results[denied_at]
+        return decisions.provider_denial(
+            provider.provider_id, provider.limits, int(provider_result[1]), int(provider_result[2]), rate
+        )
 
     async def settle(self, reservation: base.Reservation, usage: base.ActualUsage, now: datetime) -> None:
         created = periods.as_utc(reservation.created_at)
@@ -315,6 +343,8 @@ class RedisLimiter(base.Limiter):
         seeds = reservation.pool_month_usage_seeds or (None,) * len(reservation.pool_ids)
         for pool_id, seed in zip(reservation.pool_ids, seeds, strict=True):
             calls.append(settle_call(self._base(pool_id, is_pool=True), seed, None))
+        if reservation.provider_id is not None:
+            calls.append(settle_call(self._base(reservation.provider_id, is_provider=True), None, None))
         try:
             await self._run(calls)
         except base.LimiterUnavailable:
@@ -342,16 +372,19 @@ class RedisLimiter(base.Limiter):
         now_ms = periods.epoch_ms(now)
         scopes = [self._base(reservation.key_id, is_pool=False)]
         scopes += [self._base(pool_id, is_pool=True) for pool_id in reservation.pool_ids]
+        if reservation.provider_id is not None:
+            scopes.append(self._base(reservation.provider_id, is_provider=True))
         await self._run([_release_call(scope, reservation.id, now_ms, cancel=False) for scope in scopes])
 
     # -- usage for the control plane ----------------------------------------------------------------
 
     async def read_usage(
-        self, key_ids: list[str], pool_ids: list[str], now: datetime
+        self, key_ids: list[str], pool_ids: list[str], now: datetime, *, provider_ids: Sequence[str] = ()
     ) -> dict[str, base.UsageSnapshot]:
         day, month = periods.day_id(now), periods.month_id(now)
         scopes = [(key_id, self._base(key_id, is_pool=False)) for key_id in key_ids]
         scopes += [(pool_id, self._base(pool_id, is_pool=True)) for pool_id in pool_ids]
+        scopes += [(provider_id, self._base(provider_id, is_provider=True)) for provider_id in provider_ids]
         try:
             async with asyncio.timeout(self._operation_timeout_s), self._in_flight:
                 pipe = self._client.pipeline(transaction=False)
