@@ -1,10 +1,11 @@
 """`llmkeys proxy`: run the proxy from `LLMKEYS_*` settings, on uvloop when available, in N processes.
 
-Called by cli.py (`add_arguments` + `run`). `serve_app` runs any app on a host/port until a stop
-event and shuts down gracefully (stop accepting, finish in-flight requests, drain settlements);
-standalone mode (`llmkeys serve`) embeds it with its own config source. `--workers N` starts N
-processes sharing the port through SO_REUSEPORT; Prometheus values are then shared through
-multiprocess files so /metrics shows the whole pod.
+Called by cli.py (`add_arguments` + `run`). `serve_app` runs any app on a host/port (HTTPS with
+LLMKEYS_TLS_CERT_FILE / LLMKEYS_TLS_KEY_FILE, see tls.py) until a stop event and shuts down
+gracefully (stop accepting, finish in-flight requests, drain settlements); standalone mode
+(`llmkeys serve`) embeds it with its own config source. `--workers N` starts N processes sharing
+the port through SO_REUSEPORT; Prometheus values are then shared through multiprocess files so
+/metrics shows the whole pod.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from llmkeys_proxy import settings, sources
+from llmkeys_proxy import settings, sources, tls
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.server")
@@ -45,7 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-dir", help="compiled config directory (LLMKEYS_CONFIG_DIR)")
     parser.add_argument("--namespace", help="namespace of the config Secrets (LLMKEYS_NAMESPACE)")
     parser.add_argument("--log-level", help="LLMKEYS_LOG_LEVEL (default INFO)")
+    add_tls_arguments(parser)
     # No --redis-url flag on purpose: a password on a command line is visible in `ps`.
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TLS listener flags (`llmkeys proxy` and `llmkeys serve`)."""
+    parser.add_argument(
+        "--tls-cert-file",
+        help="PEM certificate chain: serve HTTPS (LLMKEYS_TLS_CERT_FILE; with --tls-key-file)",
+    )
+    parser.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file (LLMKEYS_TLS_KEY_FILE)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +71,21 @@ def run(args: argparse.Namespace) -> int:
             config_dir=args.config_dir,
             namespace=args.namespace,
             log_level=args.log_level,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
         )
+        check_tls_files(proxy_settings)
     except ValueError as exc:
         print(f"llmkeys proxy: {exc}", file=sys.stderr)
         return 2
     configure_logging(proxy_settings.log_level)
     if proxy_settings.workers > 1:
+        if not proxy_settings.redis_url:
+            logger.warning(
+                "%d workers without LLMKEYS_REDIS_URL: each worker keeps its own counters, so every "
+                "limit is held per worker, not per pod",
+                proxy_settings.workers,
+            )
         return run_workers(proxy_settings)
     return run_event_loop(_serve_settings(proxy_settings))
 
@@ -110,6 +131,30 @@ def build_limiter(proxy_settings: settings.ProxySettings) -> limits_base.Limiter
     return memory.MemoryLimiter()
 
 
+def check_tls_files(proxy_settings: settings.ProxySettings) -> None:
+    """Fail early (ValueError) when the TLS listener's files cannot be loaded."""
+    if proxy_settings.tls_cert_file and proxy_settings.tls_key_file:
+        tls.load_server_context(proxy_settings.tls_cert_file, proxy_settings.tls_key_file)
+
+
+@contextlib.asynccontextmanager
+async def listener_tls(
+    proxy_settings: settings.ProxySettings, stop: asyncio.Event
+) -> AsyncIterator[ssl.SSLContext | None]:
+    """The listener's TLS context (None: plain HTTP); rotated files are watched until the block ends."""
+    if not proxy_settings.tls_cert_file or not proxy_settings.tls_key_file:
+        yield None
+        return
+    server_tls = tls.ServerTls(proxy_settings.tls_cert_file, proxy_settings.tls_key_file)
+    watcher = asyncio.create_task(server_tls.watch(stop), name="llmkeys-tls-reload")
+    try:
+        yield server_tls.context
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 def build_source(proxy_settings: settings.ProxySettings) -> sources.ConfigSource:
     """The config source LLMKEYS_CONFIG_SOURCE names."""
     if proxy_settings.config_source == "directory":
@@ -129,14 +174,17 @@ async def serve_app(
     reuse_port: bool = False,
     shutdown_timeout_s: float = 30.0,
     on_ready: Callable[[int], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve `app` until `stop` is set, then shut down gracefully: stop accepting, let in-flight
     requests finish (up to `shutdown_timeout_s`), run the app's cleanup. `on_ready(port)` is
-    called once listening (the actual port when `port` is 0)."""
+    called once listening (the actual port when `port` is 0). With `ssl_context`, HTTPS only."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        site = web.TCPSite(
+            runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=ssl_context
+        )
         await site.start()
         if on_ready is not None:
             on_ready(_bound_port(runner, port))
@@ -165,18 +213,26 @@ async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
     )
 
     def ready(port: int) -> None:
-        logger.info("proxy listening on %s:%d (pid %d)", proxy_settings.host, port, os.getpid())
+        logger.info(
+            "proxy listening on %s:%d (pid %d)%s",
+            proxy_settings.host,
+            port,
+            os.getpid(),
+            " with TLS" if proxy_settings.tls_cert_file else "",
+        )
         freeze_startup_heap()
 
-    await serve_app(
-        application,
-        proxy_settings.host,
-        proxy_settings.port,
-        stop,
-        reuse_port=proxy_settings.workers > 1,
-        shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
-        on_ready=ready,
-    )
+    async with listener_tls(proxy_settings, stop) as ssl_context:
+        await serve_app(
+            application,
+            proxy_settings.host,
+            proxy_settings.port,
+            stop,
+            reuse_port=proxy_settings.workers > 1,
+            shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
+            on_ready=ready,
+            ssl_context=ssl_context,
+        )
     logger.info("proxy stopped (pid %d)", os.getpid())
 
 
@@ -212,9 +268,13 @@ async def serve_directory(
     ready: asyncio.Event | None = None,
     on_ready: Callable[[], None] | None = None,
     reload_interval_s: float = 0.5,
+    reuse_port: bool = False,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
 ) -> None:
     """Serve the compiled config in `config_dir` (standalone mode) until `stop` is set; `ready` is
-    set and `on_ready()` called once listening and the first config is loaded."""
+    set and `on_ready()` called once listening and the first config is loaded. `reuse_port`: one of
+    several processes sharing the port (`llmkeys serve --workers`)."""
     from llmkeys_proxy import app as proxy_app
 
     proxy_settings = settings.ProxySettings.from_env(
@@ -224,6 +284,8 @@ async def serve_directory(
         config_dir=str(config_dir),
         reload_interval_s=reload_interval_s,
         redis_url=redis_url or None,
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
     )
     source = sources.DirectorySource(config_dir, reload_interval_s)
     application = proxy_app.create_app(proxy_settings, source, build_limiter(proxy_settings))
@@ -234,14 +296,17 @@ async def serve_directory(
         if on_ready is not None:
             on_ready()
 
-    await serve_app(
-        application,
-        host,
-        port,
-        stop,
-        shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
-        on_ready=listening,
-    )
+    async with listener_tls(proxy_settings, stop) as ssl_context:
+        await serve_app(
+            application,
+            host,
+            port,
+            stop,
+            reuse_port=reuse_port,
+            shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
+            on_ready=listening,
+            ssl_context=ssl_context,
+        )
 
 
 def _worker(proxy_settings: settings.ProxySettings) -> None:

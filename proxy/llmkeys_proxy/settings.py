@@ -43,6 +43,10 @@ class ProxySettings:
     shutdown_timeout_s: float = 30.0
     #: Pooled upstream connections per provider credential.
     upstream_connections: int = 256
+    #: PEM certificate chain and key of the proxy's own TLS listener (both or neither; unset: plain
+    #: HTTP). Rotated files are picked up without a restart.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:
@@ -70,6 +74,10 @@ class ProxySettings:
             raise ValueError("LLMKEYS_WORKERS must be at least 1")
         if self.max_body_bytes < 1024:
             raise ValueError("LLMKEYS_MAX_BODY_BYTES must be at least 1024")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(
+                "LLMKEYS_TLS_CERT_FILE and LLMKEYS_TLS_KEY_FILE go together: set both (TLS) or neither"
+            )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             # Never echo the URL: it may hold a password.
             raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
