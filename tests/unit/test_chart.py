@@ -781,3 +781,59 @@ def test_helm_install_action_accepts_the_chart_offline(tmp_path: pathlib.Path) -
     } <= kinds
     assert not any(kind.endswith("KopfPeering") for kind in kinds)
     assert "Proxy URL written into key Secrets" in release["notes"]
+
+
+# --------------------------------------------------------------------------------- proxy TLS listener
+
+
+def probes_of(proxy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [proxy[name] for name in ("livenessProbe", "readinessProbe", "startupProbe")]
+
+
+def test_proxy_tls_is_off_by_default_and_numbers_render_as_integers(chart: helm.Chart) -> None:
+    docs = render(chart)
+    proxy = container(docs, f"{RELEASE}-proxy")
+    env = env_of(docs, f"{RELEASE}-proxy")
+    assert "LLMKEYS_TLS_CERT_FILE" not in env and "LLMKEYS_TLS_KEY_FILE" not in env
+    assert all(probe["httpGet"].get("scheme", "HTTP") == "HTTP" for probe in probes_of(proxy))
+    assert not [m for m in proxy["volumeMounts"] if m["name"] == "tls"]
+    # Helm reads values as floats: large numbers must not reach the proxy as 1.048576e+07.
+    assert env["LLMKEYS_MAX_BODY_BYTES"]["value"] == "10485760"
+    assert env["LLMKEYS_UPSTREAM_TIMEOUT_S"]["value"] == "600"
+
+
+def test_proxy_tls_secret_is_mounted_and_everything_speaks_https(chart: helm.Chart) -> None:
+    values = {
+        "proxy": {
+            "tls": {"secretName": "proxy-tls"},
+            "serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": f"{RELEASE}-proxy"}},
+        }
+    }
+    chart.validate_schema(values)
+    docs = render(chart, values)
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+    proxy = container(docs, f"{RELEASE}-proxy")
+    env = env_of(docs, f"{RELEASE}-proxy")
+    assert env["LLMKEYS_TLS_CERT_FILE"]["value"] == "/etc/llmkeys/tls/tls.crt"
+    assert env["LLMKEYS_TLS_KEY_FILE"]["value"] == "/etc/llmkeys/tls/tls.key"
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/llmkeys/tls", "readOnly": True}
+    pod = one(docs, "Deployment", f"{RELEASE}-proxy")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "proxy-tls"
+    assert {item["key"] for item in volume["secret"]["items"]} == {"tls.crt", "tls.key"}
+    assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 65532
+    assert proxy["ports"] == [{"name": "https", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in probes_of(proxy):
+        assert probe["httpGet"]["scheme"] == "HTTPS" and probe["httpGet"]["port"] == "https"
+    service = one(docs, "Service", f"{RELEASE}-proxy")
+    assert service["spec"]["ports"][0]["name"] == service["spec"]["ports"][0]["targetPort"] == "https"
+    operator_env = env_of(docs, f"{RELEASE}-operator")
+    assert operator_env["LLMKEYS_PROXY_URL"]["value"] == f"https://{RELEASE}-proxy.{NAMESPACE}.svc:8080"
+    endpoint = one(docs, "ServiceMonitor", f"{RELEASE}-proxy")["spec"]["endpoints"][0]
+    assert endpoint["port"] == "https" and endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"serverName": f"{RELEASE}-proxy"}
+    with pytest.raises(helm.HelmValuesError, match=re.escape("/proxy/tls/secretName")):
+        chart.validate_schema({"proxy": {"tls": {"secretName": "Not A Secret"}}})

@@ -161,8 +161,14 @@ none
 {{- if .Values.operator.proxyURL -}}
 {{- .Values.operator.proxyURL -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%d" (include "llmkeys.proxy.fullname" .) .Release.Namespace (int .Values.proxy.service.port) -}}
+{{- printf "%s://%s.%s.svc:%d" (include "llmkeys.proxy.portName" .) (include "llmkeys.proxy.fullname" .) .Release.Namespace (int .Values.proxy.service.port) -}}
 {{- end -}}
+{{- end -}}
+
+{{- /* The proxy port's name and URL scheme: https when the proxy terminates TLS itself (the name
+tells meshes and ingress controllers what the port speaks). */ -}}
+{{- define "llmkeys.proxy.portName" -}}
+{{- if .Values.proxy.tls.secretName }}https{{ else }}http{{ end -}}
 {{- end -}}
 
 {{/* Replicas the proxy runs at least: the HPA minimum when autoscaling, else replicas. */}}
