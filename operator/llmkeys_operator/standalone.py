@@ -8,6 +8,8 @@ and the other SDK variables. Several `serve` processes sharing one state dir (sa
 Redis) keep the same keys: issuing happens under an exclusive file lock and never overwrites a key.
 The compiled config goes to `<state-dir>/config/` (the proxy's `DirectorySource` layout) and is
 rewritten whenever a manifest changes, so edits take effect within about a second.
+With `--workers N` (N > 1, Redis required) this process compiles and watches, and N worker processes
+serve the config dir on one port (SO_REUSEPORT), each reloading it on change.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import multiprocessing
+import multiprocessing.queues
 import os
 import pathlib
+import queue
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +43,8 @@ logger = logging.getLogger("llmkeys.standalone")
 DEFAULT_NAMESPACE = compile.DEFAULT_NAMESPACE
 _ISSUED_AT_PREFIX = "# issued-at: "
 _MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+_WORKER_STOP_TIMEOUT_S = 45.0
 
 
 # --------------------------------------------------------------------------------- manifests
@@ -356,13 +364,119 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--public-url", default=None, help="proxy URL written into the key env files")
     parser.add_argument("--log-level", default=os.environ.get("LLMKEYS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("LLMKEYS_WORKERS", "1")),
+        help="proxy processes sharing the port (SO_REUSEPORT); more than one needs --redis-url",
+    )
+    parser.add_argument(
+        "--tls-cert-file",
+        default=os.environ.get("LLMKEYS_TLS_CERT_FILE") or None,
+        help="PEM certificate chain: serve HTTPS (with --tls-key-file)",
+    )
+    parser.add_argument(
+        "--tls-key-file",
+        default=os.environ.get("LLMKEYS_TLS_KEY_FILE") or None,
+        help="PEM private key of --tls-cert-file",
+    )
 
 
-def public_url(host: str, port: int, explicit: str | None) -> str:
+def public_url(host: str, port: int, explicit: str | None, *, tls: bool = False) -> str:
     if explicit:
         return explicit.rstrip("/")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """What one `serve --workers` process needs (pickled to it: the Redis URL stays off command lines)."""
+
+    config_dir: pathlib.Path
+    host: str
+    port: int
+    redis_url: str = dataclasses.field(repr=False)
+    log_level: str
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+
+def serve_worker(spec: WorkerSpec, ready: multiprocessing.queues.Queue[int]) -> None:
+    """Body of one worker process: serve the compiled config dir until SIGTERM/SIGINT; puts its pid
+    on the `ready` queue once listening."""
+    logging.basicConfig(level=spec.log_level.upper(), format=_LOG_FORMAT)
+    from llmkeys_proxy import server
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await server.serve_directory(
+            config_dir=spec.config_dir,
+            host=spec.host,
+            port=spec.port,
+            redis_url=spec.redis_url,
+            stop=stop,
+            on_ready=lambda: ready.put(os.getpid()),
+            reuse_port=True,
+            tls_cert_file=spec.tls_cert_file,
+            tls_key_file=spec.tls_key_file,
+        )
+
+    server.run_event_loop(main())
+
+
+async def _serve_workers(
+    spec: WorkerSpec, workers: int, stop: asyncio.Event, on_ready: Callable[[], None]
+) -> int:
+    """Run `workers` processes serving `spec` until `stop`; if one dies, stop the others and fail."""
+    from llmkeys_proxy import server
+
+    context = multiprocessing.get_context("spawn")  # no inherited event loop or locks
+    ready_queue: multiprocessing.queues.Queue[int] = context.Queue()
+    with server.shared_metrics_dir():
+        children = [
+            context.Process(target=serve_worker, args=(spec, ready_queue), name=f"llmkeys-serve-{n}")
+            for n in range(workers)
+        ]
+        for child in children:
+            child.start()
+        waiting = workers
+        failed = False
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                while waiting:
+                    try:
+                        ready_queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    waiting -= 1
+                    if not waiting:
+                        on_ready()
+                dead = [child for child in children if not child.is_alive()]
+                if dead and not stop.is_set():
+                    logger.error(
+                        "worker %s exited with %s; stopping the others", dead[0].name, dead[0].exitcode
+                    )
+                    failed = True
+                    break
+        finally:
+            for child in children:
+                if child.is_alive() and child.pid is not None:
+                    os.kill(child.pid, signal.SIGTERM)
+            for child in children:
+                # In-flight requests get the proxy's graceful shutdown time, then the worker goes.
+                await asyncio.to_thread(child.join, _WORKER_STOP_TIMEOUT_S)
+                if child.is_alive():
+                    child.kill()
+                    await asyncio.to_thread(child.join)
+            ready_queue.close()
+            ready_queue.join_thread()
+    return 1 if failed else 0
 
 
 async def serve(
@@ -376,8 +490,15 @@ async def serve(
     from llmkeys_proxy import server  # the data plane is only loaded when serving
 
     manifests_dir: pathlib.Path = args.manifests
+    workers: int = getattr(args, "workers", 1)
+    tls_cert_file: str | None = getattr(args, "tls_cert_file", None)
+    tls_key_file: str | None = getattr(args, "tls_key_file", None)
+    problem = _check_serving_options(workers, args.redis_url, tls_cert_file, tls_key_file)
+    if problem:
+        print(f"llmkeys serve: {problem}", file=sys.stderr)
+        return 2
     state = StateDir(args.state_dir)
-    url = public_url(args.host, args.port, args.public_url)
+    url = public_url(args.host, args.port, args.public_url, tls=bool(tls_cert_file))
     compiled = await asyncio.to_thread(_start, manifests_dir, state, url)
     if compiled is None:
         return 2
@@ -390,22 +511,62 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.create_task(watch_manifests(manifests_dir, state, url, stop))
+
+    def listening() -> None:
+        if ready is not None:
+            ready.set()
+        shown = f" ({workers} workers)" if workers > 1 else ""
+        print(f"llmkeys proxy listening on {url}{shown} (OPENAI_BASE_URL={url}/v1)", flush=True)
+
     try:
+        if workers > 1:
+            spec = WorkerSpec(
+                config_dir=state.config_dir,
+                host=args.host,
+                port=args.port,
+                redis_url=args.redis_url,
+                log_level=args.log_level,
+                tls_cert_file=tls_cert_file,
+                tls_key_file=tls_key_file,
+            )
+            return await _serve_workers(spec, workers, stop, listening)
         await server.serve_directory(
             config_dir=state.config_dir,
             host=args.host,
             port=args.port,
             redis_url=args.redis_url or None,
             stop=stop,
-            ready=ready,
-            on_ready=lambda: print(
-                f"llmkeys proxy listening on {url} (OPENAI_BASE_URL={url}/v1)", flush=True
-            ),
+            on_ready=listening,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
         )
     finally:
         stop.set()
         await watcher
     return 0
+
+
+def _check_serving_options(
+    workers: int, redis_url: str, tls_cert_file: str | None, tls_key_file: str | None
+) -> str | None:
+    """What is wrong with the serving flags, in words, or None."""
+    from llmkeys_proxy import tls
+
+    if workers < 1:
+        return "--workers must be at least 1"
+    if workers > 1 and not redis_url:
+        return (
+            f"--workers {workers} needs --redis-url (or LLMKEYS_REDIS_URL): each worker process would "
+            "otherwise count on its own, and every limit would admit up to that many times its value"
+        )
+    if bool(tls_cert_file) != bool(tls_key_file):
+        return "--tls-cert-file and --tls-key-file go together: give both (HTTPS) or neither"
+    if tls_cert_file and tls_key_file:
+        try:
+            tls.load_server_context(tls_cert_file, tls_key_file)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def _start(manifests_dir: pathlib.Path, state: StateDir, url: str) -> CompiledState | None:
@@ -422,7 +583,7 @@ def _start(manifests_dir: pathlib.Path, state: StateDir, url: str) -> CompiledSt
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     from llmkeys_proxy import server
 
     outcome: list[int] = []

@@ -18,12 +18,13 @@ import importlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import ssl
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -314,14 +315,30 @@ def _worker(proxy_settings: settings.ProxySettings) -> None:
     run_event_loop(_serve_settings(proxy_settings))
 
 
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the worker processes started inside the block, so /metrics of any
+    worker shows the sum over all: the one set in the environment, else a temporary one removed after."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    own_metrics_dir = tempfile.mkdtemp(prefix="llmkeys-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
 def run_workers(proxy_settings: settings.ProxySettings) -> int:
     """Start `workers` processes on one port (SO_REUSEPORT); stop them all on SIGTERM/SIGINT; if
     one dies, stop the rest and fail (the orchestrator restarts the pod)."""
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    own_metrics_dir = None
-    if not metrics_dir:
-        own_metrics_dir = tempfile.mkdtemp(prefix="llmkeys-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    with shared_metrics_dir():
+        return _run_workers(proxy_settings)
+
+
+def _run_workers(proxy_settings: settings.ProxySettings) -> int:
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_worker, args=(proxy_settings,), name=f"llmkeys-proxy-{n}", daemon=False)
@@ -342,17 +359,11 @@ def run_workers(proxy_settings: settings.ProxySettings) -> int:
         child.start()
     logger.info("started %d proxy workers", len(children))
     failed = False
-    try:
-        while any(child.is_alive() for child in children):
-            for child in children:
-                child.join(timeout=0.5)
-                if not child.is_alive() and child.exitcode not in (0, None) and not stopping:
-                    logger.error("worker %s exited with %s; stopping the others", child.name, child.exitcode)
-                    failed = True
-                    forward(signal.SIGTERM, None)
-    finally:
-        if own_metrics_dir is not None:
-            import shutil
-
-            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+    while any(child.is_alive() for child in children):
+        for child in children:
+            child.join(timeout=0.5)
+            if not child.is_alive() and child.exitcode not in (0, None) and not stopping:
+                logger.error("worker %s exited with %s; stopping the others", child.name, child.exitcode)
+                failed = True
+                forward(signal.SIGTERM, None)
     return 1 if failed else 0
