@@ -79,14 +79,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"llmkeys proxy: {exc}", file=sys.stderr)
         return 2
+    if proxy_settings.workers > 1 and not proxy_settings.redis_url:
+        # Each worker would keep its own counters: every limit would be held per worker, not per pod.
+        print(
+            f"llmkeys proxy: {proxy_settings.workers} workers need LLMKEYS_REDIS_URL (shared limit "
+            "counters); the in-process limiter works with one worker only",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(proxy_settings.log_level)
     if proxy_settings.workers > 1:
-        if not proxy_settings.redis_url:
-            logger.warning(
-                "%d workers without LLMKEYS_REDIS_URL: each worker keeps its own counters, so every "
-                "limit is held per worker, not per pod",
-                proxy_settings.workers,
-            )
         return run_workers(proxy_settings)
     return run_event_loop(_serve_settings(proxy_settings))
 

@@ -25,7 +25,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_proxy_command_with_two_workers(tmp_path: pathlib.Path) -> None:
+def test_two_workers_without_redis_are_refused(tmp_path: pathlib.Path) -> None:
+    env = {
+        **os.environ,
+        "LLMKEYS_CONFIG_SOURCE": "directory",
+        "LLMKEYS_CONFIG_DIR": str(tmp_path),
+        "LLMKEYS_WORKERS": "2",
+        "LLMKEYS_REDIS_URL": "",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "llmkeys_operator.cli", "proxy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "2 workers need LLMKEYS_REDIS_URL" in completed.stderr
+
+
+def test_proxy_command_with_two_workers(tmp_path: pathlib.Path, redis_url: str) -> None:
     key = proxy_harness.issue_key(providers=("llmkeys/mock",))
     mock = config.ProviderEntry(id="llmkeys/mock", provider="mock", models=(config.ModelRoute(name="*"),))
     config_dir = tmp_path / "config"
@@ -38,7 +58,7 @@ def test_proxy_command_with_two_workers(tmp_path: pathlib.Path) -> None:
         "LLMKEYS_HOST": "127.0.0.1",
         "LLMKEYS_PORT": str(port),
         "LLMKEYS_WORKERS": "2",
-        "LLMKEYS_REDIS_URL": "",
+        "LLMKEYS_REDIS_URL": redis_url,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     stdout_path = tmp_path / "stdout"

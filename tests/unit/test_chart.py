@@ -459,6 +459,8 @@ def test_without_redis_only_one_proxy_replica_is_allowed(chart: helm.Chart) -> N
         render(
             chart, {"redis": {"enabled": False}, "proxy": {"replicas": 1, "autoscaling": {"enabled": True}}}
         )
+    with pytest.raises(helm.HelmRenderError, match=r"proxy\.workers > 1 needs Redis"):
+        render(chart, {"redis": {"enabled": False}, "proxy": {"replicas": 1, "workers": 2}})
 
 
 # ---------------------------------------------------------------------------------------- switches
