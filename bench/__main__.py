@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for start in runner.starts:
         rss = ", ".join(f"{mb:.1f}" for mb in start.idle_rss_mb_per_worker)
+        pss = ", ".join(f"{mb:.1f}" for mb in start.idle_pss_mb_per_worker)
         print(
             f"proxy start ({start.label}, {start.workers} worker(s)): ready in {start.ready_s:.2f} s, "
-            f"idle RSS per worker {rss} MB"
+            f"idle RSS per worker {rss} MB (PSS {pss} MB)"
         )
     for title, key in (("limiter micro-bench", "limiter"), ("propagation bench", "propagation")):
         if key in extras:
@@ -368,6 +369,7 @@ def measure_workers(
         "available": True,
         "ready_s": start.ready_s,
         "idle_rss_mb_per_worker": start.idle_rss_mb_per_worker,
+        "idle_pss_mb_per_worker": start.idle_pss_mb_per_worker,
     }
 
 

@@ -125,6 +125,18 @@ def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (after[0] - before[0]) / total * 100 if total > 0 else 0.0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: memory pages shared with other processes (e.g. forked workers) count
+    once in total, split between the sharers; what a worker really costs."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process."""
     try:

@@ -121,6 +121,7 @@ class ProxyStart:
     workers: int
     ready_s: float
     idle_rss_mb_per_worker: list[float]
+    idle_pss_mb_per_worker: list[float] = dataclasses.field(default_factory=list)
 
 
 def request_body(stream: bool) -> dict[str, object]:
@@ -249,8 +250,10 @@ def start_proxy(
     except Exception:
         managed.stop()
         raise
+    time.sleep(0.2)  # let the worker settle after its first answers (freeze, first GC)
     rss = [processes.rss_bytes(pid) / 2**20 for pid in managed.workers()]
-    return managed, base_url, ProxyStart(label, workers, ready_s, rss)
+    pss = [processes.pss_bytes(pid) / 2**20 for pid in managed.workers()]
+    return managed, base_url, ProxyStart(label, workers, ready_s, rss, pss)
 
 
 def start_floor(
