@@ -56,8 +56,6 @@ class Outcome:
 BATCH_WINDOW_S = 0.005
 #: A batch this large is settled at once, without waiting.
 BATCH_MAX = 64
-#: Outcomes processed between two yields to the event loop (bounds the pause a batch causes).
-BATCH_SLICE = 8
 
 
 class Settler:
@@ -117,11 +115,11 @@ class Settler:
                 # (reservations keep the limits safe meanwhile).
                 await asyncio.sleep(BATCH_WINDOW_S)
             batch, self._queue = self._queue, []
-            for start in range(0, len(batch), BATCH_SLICE):
-                if start:
-                    await asyncio.sleep(0)  # let requests that arrived meanwhile run between slices
+            if batch:
+                # The whole batch at once: its settlements go out in one round trip, so settling
+                # keeps pace with any request rate (slices would each wait a round trip).
                 try:
-                    await self._process(batch[start : start + BATCH_SLICE])
+                    await self._process(batch)
                 except Exception:  # the worker must survive anything a batch throws
                     logger.exception("settlement batch failed")
             if not self._queue:
