@@ -7,10 +7,11 @@ Every setting has one env name, shared with the Helm chart and the proxy (`LLMKE
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 
-ENV_PREFIX = "LLMKEYS_"
+from llmkeys_proxy import settings as proxy_settings
+
+ENV_PREFIX = proxy_settings.ENV_PREFIX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,14 +48,9 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> OperatorSettings:
         """Settings from `LLMKEYS_*` variables; explicit `overrides` (command line) win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + field.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[field.name] = _convert(field.name, str(field.type), raw)
-        values.update({name: value for name, value in overrides.items() if value is not None})
+        values = proxy_settings.read_env(cls, environ, overrides)
+        if isinstance(values.get("proxy_url"), str):
+            values["proxy_url"] = str(values["proxy_url"]).rstrip("/")
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -64,9 +60,7 @@ class OperatorSettings:
             raise ValueError("LLMKEYS_NAMESPACE must name the gateway namespace")
         if not self.proxy_url.startswith(("http://", "https://")):
             raise ValueError("LLMKEYS_PROXY_URL must be an http:// or https:// URL")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            # Never echo the URL: it may hold a password.
-            raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
+        proxy_settings.check_redis_url(self.redis_url)
         if not 0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
             raise ValueError("leader election needs 0 < retry period < renew deadline < lease duration")
         if self.usage_sync_interval_s <= 0:
@@ -78,26 +72,3 @@ class OperatorSettings:
         if not self.watch_namespaces:
             return []
         return sorted({*self.watch_namespaces, self.namespace})
-
-
-def _convert(name: str, kind: str, raw: str) -> object:
-    try:
-        if kind == "int" or kind == "int | None":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
-    if kind == "bool":
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false")
-    if kind == "tuple[str, ...]":
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name == "log_level":
-        return raw.upper()
-    if name == "proxy_url":
-        return raw.rstrip("/")
-    return raw

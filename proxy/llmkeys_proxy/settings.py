@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 ConfigSourceKind = Literal["kubernetes", "directory"]
 
@@ -51,15 +51,7 @@ class ProxySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:
         """Settings from `LLMKEYS_*` variables; explicit `overrides` (command line) win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + field.name.upper())
-            if not raw:
-                continue
-            values[field.name] = _convert(field.name, field.type, raw)
-        values.update({name: value for name, value in overrides.items() if value is not None})
-        settings = cls(**values)  # type: ignore[arg-type]
+        settings = cls(**read_env(cls, environ, overrides))  # type: ignore[arg-type]
         settings.validate()
         return settings
 
@@ -78,20 +70,48 @@ class ProxySettings:
             raise ValueError(
                 "LLMKEYS_TLS_CERT_FILE and LLMKEYS_TLS_KEY_FILE go together: set both (TLS) or neither"
             )
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            # Never echo the URL: it may hold a password.
-            raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
+        check_redis_url(self.redis_url)
 
 
-def _convert(name: str, annotation: object, raw: str) -> object:
-    kind = str(annotation)
+def read_env(
+    cls: type[Any], environ: Mapping[str, str] | None, overrides: Mapping[str, object]
+) -> dict[str, object]:
+    """Field values of the settings dataclass `cls` from `LLMKEYS_<FIELD>` variables (empty ones
+    ignored), converted by the field's type; `overrides` (command-line flags) that are not None win.
+    Shared by the proxy's and the operator's settings so both read the environment one way."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(cls):
+        raw = env.get(ENV_PREFIX + field.name.upper())
+        if raw:
+            values[field.name] = _convert(field.name, str(field.type), raw)
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return values
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis URL of another scheme, without echoing it (it may hold a password)."""
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("LLMKEYS_REDIS_URL must start with redis://, rediss:// or unix://")
+
+
+def _convert(name: str, kind: str, raw: str) -> object:
+    variable = ENV_PREFIX + name.upper()
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
+        raise ValueError(f"{variable} must be a number") from None
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{variable} must be true or false")
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "log_level":
         return raw.upper()
     return raw
