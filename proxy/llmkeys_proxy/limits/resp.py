@@ -281,17 +281,19 @@ class RespClient:
         self._closed = False
 
     async def execute(self, commands: Sequence[Sequence[Arg]], *, retry_once: bool = True) -> list[Reply]:
-        payload = b"".join(encode_command(command) for command in commands)
-        for attempt in range(2 if retry_once else 1):
+        payload = b"".join([encode_command(command) for command in commands])
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
             protocol = await self._connection()
-            try:
-                return await protocol.send(payload, len(commands))
-            except RespTimeoutError:
+        try:
+            return await protocol.send(payload, len(commands))
+        except RespTimeoutError:
+            raise
+        except RespConnectionError:
+            if not retry_once or self._closed:
                 raise
-            except RespConnectionError:
-                if attempt == 1 or not retry_once or self._closed:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        protocol = await self._connection()
+        return await protocol.send(payload, len(commands))
 
     async def close(self) -> None:
         self._closed = True
