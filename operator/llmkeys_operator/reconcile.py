@@ -94,7 +94,7 @@ def parse_virtual_key(body: Mapping[str, Any]) -> tuple[api.VirtualKey | None, s
     try:
         return api.VirtualKey.model_validate({k: v for k, v in body.items() if k != "status"}), None
     except pydantic.ValidationError as exc:
-        return None, summarise_validation(exc)
+        return None, config.summarise_validation_error(exc)
 
 
 def parse_policy(body: Mapping[str, Any]) -> api.LLMPolicy | None:
@@ -104,7 +104,9 @@ def parse_policy(body: Mapping[str, Any]) -> api.LLMPolicy | None:
         try:
             return api.LLMPolicy.model_validate({k: v for k, v in body.items() if k != "status"})
         except pydantic.ValidationError as exc:
-            logger.warning("ignoring invalid LLMPolicy %s: %s", _name_of(body), summarise_validation(exc))
+            logger.warning(
+                "ignoring invalid LLMPolicy %s: %s", _name_of(body), config.summarise_validation_error(exc)
+            )
             return None
 
 
@@ -113,7 +115,9 @@ def parse_credential(body: Mapping[str, Any]) -> api.ProviderCredential | None:
         return api.ProviderCredential.model_validate({k: v for k, v in body.items() if k != "status"})
     except pydantic.ValidationError as exc:
         logger.warning(
-            "ignoring invalid ProviderCredential %s: %s", _name_of(body), summarise_validation(exc)
+            "ignoring invalid ProviderCredential %s: %s",
+            _name_of(body),
+            config.summarise_validation_error(exc),
         )
         return None
 
@@ -163,15 +167,6 @@ def may_hold_credential(labels: Mapping[str, str], secret_type: object) -> bool:
         and keysecret.LABEL_VIRTUALKEY not in labels
         and secret_type not in _NOT_CREDENTIAL_TYPES
     )
-
-
-def summarise_validation(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:3]:
-        location = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{location}: {err['msg']}" if location else err["msg"])
-    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "; ".join(parts) + more
 
 
 def _name_of(body: Mapping[str, Any]) -> str:

@@ -120,7 +120,9 @@ def _add_document(result: Manifests, path: pathlib.Path, index: int, document: A
     try:
         parsed = model.model_validate(body)
     except pydantic.ValidationError as exc:
-        result.problems.append(f"{where}: {kind} {name!r} is invalid: {_first_errors(exc)}")
+        result.problems.append(
+            f"{where}: {kind} {name!r} is invalid: {config.summarise_validation_error(exc)}"
+        )
         return
     if isinstance(parsed, api.VirtualKey):
         result.virtual_keys.append(parsed)
@@ -150,15 +152,6 @@ def _add_secret(result: Manifests, where: str, document: Mapping[str, Any]) -> N
     for key, value in (document.get("stringData") or {}).items():
         data[str(key)] = str(value)
     result.secrets[(namespace, name)] = data
-
-
-def _first_errors(exc: pydantic.ValidationError, limit: int = 3) -> str:
-    parts = []
-    for error in exc.errors()[:limit]:
-        location = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{location}: {error['msg']}")
-    more = len(exc.errors()) - limit
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
 # --------------------------------------------------------------------------------- state dir

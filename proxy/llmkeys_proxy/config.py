@@ -17,7 +17,7 @@ import fnmatch
 from datetime import datetime
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONFIG_VERSION: Final = 1
 
@@ -37,6 +37,17 @@ ProviderType = Literal[
     "mock",
 ]
 LimiterFailureMode = Literal["Reject", "Allow"]
+
+
+def summarise_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """Where and why a document is invalid, without the offending values: pydantic's own text
+    would echo input, and documents hold credentials. Used wherever a config or manifest is read."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:limit]:
+        location = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{location}: {error['msg']}" if location else error["msg"])
+    more = f" (+{exc.error_count() - limit} more)" if exc.error_count() > limit else ""
+    return "; ".join(parts) + more
 
 
 class _Model(BaseModel):

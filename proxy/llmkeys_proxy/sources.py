@@ -134,7 +134,7 @@ def load_config_dir(directory: pathlib.Path) -> config.ProxyConfig:
     except FileNotFoundError:
         raise ValueError(f"{providers_path} is missing") from None
     except pydantic.ValidationError as exc:
-        raise ValueError(f"{PROVIDERS_FILE}: {_summarise(exc)}") from None
+        raise ValueError(f"{PROVIDERS_FILE}: {config.summarise_validation_error(exc)}") from None
     shards: list[config.KeysShard] = []
     for path in sorted(directory.glob(f"{KEYS_FILE_PREFIX}*.json")):
         try:
@@ -142,18 +142,8 @@ def load_config_dir(directory: pathlib.Path) -> config.ProxyConfig:
         except FileNotFoundError:
             continue  # removed between listing and reading; the next poll sees the new state
         except pydantic.ValidationError as exc:
-            raise ValueError(f"{path.name}: {_summarise(exc)}") from None
+            raise ValueError(f"{path.name}: {config.summarise_validation_error(exc)}") from None
     return config.ProxyConfig.merge(providers, shards)
-
-
-def _summarise(exc: pydantic.ValidationError) -> str:
-    # Locations and messages only: pydantic's default text would echo input values (credentials).
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:3]:
-        location = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{location}: {err['msg']}" if location else err["msg"])
-    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "; ".join(parts) + more
 
 
 def write_config_dir(directory: pathlib.Path, proxy_config: config.ProxyConfig) -> None:
