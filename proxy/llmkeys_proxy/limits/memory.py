@@ -43,13 +43,11 @@ class _Counters:
         return self.micro_usd + self.reserved_micro_usd
 
 
-@dataclass(slots=True)
-class _Record:
-    tokens: int
-    micro_usd: int
-    day: str
-    month: str
-    open: bool
+# An open reservation's hold on a scope: (tokens, micro USD, day id, month id). Records are plain tuples
+# of atomic values and dicts of str -> int, not objects: the collector untracks such tuples and never
+# tracks such dicts, so the ~100k records a busy proxy keeps (settled ones stay a minute) cost nothing in
+# full collections (as one object each they made every full collection take 10-20 ms).
+_Hold = tuple[int, int, str, str]
 
 
 @dataclass(slots=True)
@@ -60,8 +58,12 @@ class _Scope:
     window_tokens: dict[str, int] = field(default_factory=dict)
     window_sum: int = 0
     counters: dict[str, _Counters] = field(default_factory=dict)  # by period id
-    records: dict[str, _Record] = field(default_factory=dict)
-    expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expires ms, id)
+    held: dict[str, _Hold] = field(default_factory=dict)  # open reservations (about the in-flight ones)
+    # Heap of (expires ms, id) of held reservations; entries of ones since closed are skipped when they
+    # surface and compacted away, so the heap stays near the in-flight count (as Redis's ZADD does).
+    held_expiries: list[tuple[int, str]] = field(default_factory=list)
+    settled: dict[str, int] = field(default_factory=dict)  # closed (settled/refunded) id -> expires ms
+    settled_expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expires ms, id)
 
     def counter(self, period: str, now_ms: int) -> _Counters | None:
         counters = self.counters.get(period)
@@ -92,24 +94,39 @@ class _Scope:
         )
         return 1
 
-    def unreserve(self, record: _Record, now_ms: int) -> None:
-        for period in (record.day, record.month):
+    def unreserve(self, hold: _Hold, now_ms: int) -> None:
+        tokens, micro_usd, day, month = hold
+        for period in (day, month):
             counters = self.counter(period, now_ms)
             if counters is not None:
-                counters.reserved_tokens -= record.tokens
-                counters.reserved_micro_usd -= record.micro_usd
+                counters.reserved_tokens -= tokens
+                counters.reserved_micro_usd -= micro_usd
 
     def sweep(self, now_ms: int) -> None:
         """Release reservations nobody settled (crashed caller), forget old settled records."""
-        while self.expiries and self.expiries[0][0] <= now_ms:
-            _, reservation_id = heapq.heappop(self.expiries)
-            record = self.records.pop(reservation_id, None)
-            if record is not None and record.open:
-                self.unreserve(record, now_ms)
+        while self.held_expiries and self.held_expiries[0][0] <= now_ms:
+            _, reservation_id = heapq.heappop(self.held_expiries)
+            hold = self.held.pop(reservation_id, None)
+            if hold is not None:  # else closed since: its settled record has its own expiry
+                self.unreserve(hold, now_ms)
+        while self.settled_expiries and self.settled_expiries[0][0] <= now_ms:
+            _, reservation_id = heapq.heappop(self.settled_expiries)
+            self.settled.pop(reservation_id, None)
 
-    def close_record(self, reservation_id: str, day: str, month: str, now_ms: int) -> None:
-        self.records[reservation_id] = _Record(0, 0, day, month, open=False)
-        heapq.heappush(self.expiries, (now_ms + _SETTLED_RECORD_MS, reservation_id))
+    def hold(self, reservation_id: str, hold: _Hold, expires_ms: int) -> None:
+        self.held[reservation_id] = hold
+        heapq.heappush(self.held_expiries, (expires_ms, reservation_id))
+        if len(self.held_expiries) > 2 * len(self.held) + 64:
+            # Drop entries of closed reservations; cheap, since few reservations are open at a time.
+            self.held_expiries = [entry for entry in self.held_expiries if entry[1] in self.held]
+            heapq.heapify(self.held_expiries)
+
+    def close(self, reservation_id: str, now_ms: int) -> None:
+        """Forget the hold (already given back) and keep a settled record for retries."""
+        self.held.pop(reservation_id, None)
+        expires_ms = now_ms + _SETTLED_RECORD_MS
+        self.settled[reservation_id] = expires_ms
+        heapq.heappush(self.settled_expiries, (expires_ms, reservation_id))
 
     def prune_window(self, now_ms: int) -> None:
         cut = bisect.bisect_right(self.window, (now_ms - periods.WINDOW_MS, "\U0010ffff"))
@@ -242,8 +259,7 @@ class MemoryLimiter(base.Limiter):
                 counters = scope.touch(period, now_ms, ttl)
                 counters.reserved_tokens += tokens
                 counters.reserved_micro_usd += micro_usd
-            scope.records[reservation_id] = _Record(tokens, micro_usd, day, month, open=True)
-            heapq.heappush(scope.expiries, (now_ms + self._reservation_ttl_ms, reservation_id))
+            scope.hold(reservation_id, (tokens, micro_usd, day, month), now_ms + self._reservation_ttl_ms)
         if windowed:
             rate = decisions.rate_state(
                 limits, len(key_scope.window), key_scope.window_sum, key_scope.reset_ms(now_ms)
@@ -284,13 +300,13 @@ class MemoryLimiter(base.Limiter):
             scope.seed_if_absent(month, month_seed, now_ms, month_ttl)
             if index == 0:
                 scope.seed_if_absent(day, reservation.day_usage_seed, now_ms, day_ttl)
-            record = scope.records.get(reservation.id)
-            if record is not None:
-                if not record.open:
-                    continue  # a retry: already settled or refunded
-                scope.unreserve(record, now_ms)
-            # No record: it expired (a very long request); the actual usage still counts.
-            scope.close_record(reservation.id, day, month, now_ms)
+            if reservation.id in scope.settled:
+                continue  # a retry: already settled or refunded
+            hold = scope.held.get(reservation.id)
+            if hold is not None:
+                scope.unreserve(hold, now_ms)
+            # No hold: it expired (a very long request); the actual usage still counts.
+            scope.close(reservation.id, now_ms)
             for period, ttl in ((day, day_ttl), (month, month_ttl)):
                 counters = scope.touch(period, now_ms, ttl)
                 counters.requests += 1
@@ -309,11 +325,11 @@ class MemoryLimiter(base.Limiter):
         now_ms = periods.epoch_ms(now)
         for scope in self._reservation_scopes(reservation):
             scope.sweep(now_ms)
-            record = scope.records.get(reservation.id)
-            if record is None or not record.open:
+            hold = scope.held.get(reservation.id)
+            if hold is None:  # expired, or already settled or refunded
                 continue
-            scope.unreserve(record, now_ms)
-            scope.close_record(reservation.id, record.day, record.month, now_ms)
+            scope.unreserve(hold, now_ms)
+            scope.close(reservation.id, now_ms)
             # The request stays in the requests/min window (it went upstream); its tokens do not.
             old = scope.window_tokens.get(reservation.id)
             if old is not None:
