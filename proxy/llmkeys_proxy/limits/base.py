@@ -164,21 +164,28 @@ class SeedTarget:
     day: config.UsageSeed | None = None
 
 
-def unreserved(request: ReserveRequest, now: datetime | None = None) -> Reservation:
-    """A stand-in reservation for a request served without one (limiter unavailable, key policy
-    Allow): settling it counts the request's actual usage, as for any reservation that expired."""
+def reservation_for(
+    request: ReserveRequest, reservation_id: str, tokens: int, micro_usd: int, created_at: datetime
+) -> Reservation:
+    """The handle of `request`'s reservation: what each backend returns when it admits."""
     return Reservation(
-        id="u" + secrets.token_hex(8),
+        id=reservation_id,
         key_id=request.key_id,
         pool_ids=tuple(pool.pool_id for pool in request.pools),
-        tokens=0,
-        micro_usd=0,
-        created_at=now or request.now,
+        tokens=tokens,
+        micro_usd=micro_usd,
+        created_at=created_at,
         month_usage_seed=request.month_usage_seed,
         day_usage_seed=request.day_usage_seed,
         pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
         provider_id=None if request.provider is None else request.provider.provider_id,
     )
+
+
+def unreserved(request: ReserveRequest, now: datetime | None = None) -> Reservation:
+    """A stand-in reservation for a request served without one (limiter unavailable, key policy
+    Allow): settling it counts the request's actual usage, as for any reservation that expired."""
+    return reservation_for(request, "u" + secrets.token_hex(8), 0, 0, now or request.now)
 
 
 class Limiter(abc.ABC):

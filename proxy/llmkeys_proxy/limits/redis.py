@@ -263,18 +263,7 @@ class RedisLimiter(base.Limiter):
         if all(admitted):
             return base.Decision(
                 allowed=True,
-                reservation=base.Reservation(
-                    id=reservation_id,
-                    key_id=request.key_id,
-                    pool_ids=tuple(pool.pool_id for pool in request.pools),
-                    tokens=tokens,
-                    micro_usd=micro_usd,
-                    created_at=now,
-                    month_usage_seed=request.month_usage_seed,
-                    day_usage_seed=request.day_usage_seed,
-                    pool_month_usage_seeds=tuple(pool.month_usage_seed for pool in request.pools),
-                    provider_id=None if provider is None else provider.provider_id,
-                ),
+                reservation=base.reservation_for(request, reservation_id, tokens, micro_usd, now),
                 rate=rate,
             )
         cancels = [
