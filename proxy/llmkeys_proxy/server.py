@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             tls_key_file=args.tls_key_file,
         )
         check_tls_files(proxy_settings)
+        encodings_to_preload(proxy_settings)
     except ValueError as exc:
         print(f"llmkeys proxy: {exc}", file=sys.stderr)
         return 2
@@ -211,6 +212,7 @@ async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    preload_encodings(proxy_settings)  # a no-op in forked workers: the master built them
     application = proxy_app.create_app(
         proxy_settings, build_source(proxy_settings), build_limiter(proxy_settings)
     )
@@ -237,6 +239,30 @@ async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
             ssl_context=ssl_context,
         )
     logger.info("proxy stopped (pid %d)", os.getpid())
+
+
+def encodings_to_preload(proxy_settings: settings.ProxySettings) -> tuple[str, ...]:
+    """The encodings LLMKEYS_PRELOAD_ENCODINGS names; ValueError for one we do not ship."""
+    from llmkeys_proxy import usage
+
+    names = tuple(
+        name
+        for name in (part.strip() for part in proxy_settings.preload_encodings.split(","))
+        if name not in ("", "none")
+    )
+    unknown = sorted(set(names) - set(usage.ENCODINGS))
+    if unknown:
+        raise ValueError(
+            f"LLMKEYS_PRELOAD_ENCODINGS names unknown encodings {unknown}; shipped: {sorted(usage.ENCODINGS)}"
+        )
+    return names
+
+
+def preload_encodings(proxy_settings: settings.ProxySettings) -> None:
+    """Build the configured tiktoken encodings now, before traffic (see ProxySettings)."""
+    from llmkeys_proxy import usage
+
+    usage.preload_encodings(encodings_to_preload(proxy_settings))
 
 
 def freeze_startup_heap() -> None:
@@ -290,6 +316,7 @@ async def serve_directory(
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
     )
+    preload_encodings(proxy_settings)
     source = sources.DirectorySource(config_dir, reload_interval_s)
     application = proxy_app.create_app(proxy_settings, source, build_limiter(proxy_settings))
 
@@ -352,6 +379,8 @@ def _run_workers(proxy_settings: settings.ProxySettings) -> int:
     importlib.import_module(
         "llmkeys_proxy.limits.redis" if proxy_settings.redis_url else "llmkeys_proxy.limits.memory"
     )
+    # Built once here, the encodings' tables are shared copy-on-write by every forked worker.
+    preload_encodings(proxy_settings)
     context = multiprocessing.get_context("fork")
     children = [
         context.Process(target=_worker, args=(proxy_settings,), name=f"llmkeys-proxy-{n}", daemon=False)

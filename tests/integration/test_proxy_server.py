@@ -101,3 +101,22 @@ def test_proxy_command_with_two_workers(tmp_path: pathlib.Path, redis_url: str) 
     assert len(audit) == 8 and {a["key_id"] for a in audit} == {key.key_id}
     assert len({a["request_id"] for a in audit}) == 8
     assert key.key not in stdout_path.read_text() and key.key not in errors_text
+
+
+def test_unknown_preload_encoding_is_refused_before_serving(tmp_path: pathlib.Path) -> None:
+    env = {
+        **os.environ,
+        "LLMKEYS_CONFIG_SOURCE": "directory",
+        "LLMKEYS_CONFIG_DIR": str(tmp_path),
+        "LLMKEYS_PRELOAD_ENCODINGS": "o200k_base,p50k_base",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "llmkeys_operator.cli", "proxy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "unknown encodings ['p50k_base']" in completed.stderr
