@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import os
 import pathlib
+import shutil
 import socket
+import sys
 import tempfile
 from typing import Any
 
@@ -185,8 +187,19 @@ async def _demo(args: argparse.Namespace) -> int:
             await server
         _say()
         _say("demo " + ("passed" if ok else "FAILED") + ". Keep a gateway running with:")
-        _say(f"  llmkeys serve --manifests {args.manifests} --state-dir .llmkeys")
+        _say(f"  {_command_name()} serve --manifests {args.manifests} --state-dir .llmkeys")
         return 0 if ok else 1
+
+
+def _command_name() -> str:
+    """How to call `llmkeys` from here: the virtualenv's script when it is not on PATH."""
+    script = pathlib.Path(sys.executable).parent / "llmkeys"
+    if shutil.which("llmkeys") == str(script) or not script.exists():
+        return "llmkeys"
+    try:
+        return str(script.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def run(args: argparse.Namespace) -> int:
