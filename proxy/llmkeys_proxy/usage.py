@@ -716,15 +716,25 @@ def openai_responses_usage(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def anthropic_usage(usage: Mapping[str, Any]) -> TokenCounts:
-    """Anthropic `usage`: input_tokens excludes cache reads and writes, so they are added back."""
-    cache_read = _n(usage.get("cache_read_input_tokens"))
-    cache_write = _n(usage.get("cache_creation_input_tokens"))
+def _input_excluding_cache(input_tokens: Any, cache_read: Any, cache_write: Any, output: Any) -> TokenCounts:
+    """Counts of the providers whose input excludes cache reads and writes (Anthropic, Bedrock):
+    both are added back, so `input_tokens` means all input everywhere."""
+    read, write = _n(cache_read), _n(cache_write)
     return TokenCounts(
-        input_tokens=_n(usage.get("input_tokens")) + cache_read + cache_write,
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        output_tokens=_n(usage.get("output_tokens")),
+        input_tokens=_n(input_tokens) + read + write,
+        cached_input_tokens=read,
+        cache_write_tokens=write,
+        output_tokens=_n(output),
+    )
+
+
+def anthropic_usage(usage: Mapping[str, Any]) -> TokenCounts:
+    """Anthropic `usage`: input_tokens excludes cache reads and writes."""
+    return _input_excluding_cache(
+        usage.get("input_tokens"),
+        usage.get("cache_read_input_tokens"),
+        usage.get("cache_creation_input_tokens"),
+        usage.get("output_tokens"),
     )
 
 
@@ -740,26 +750,22 @@ def gemini_usage(metadata: Mapping[str, Any]) -> TokenCounts:
 
 
 def bedrock_usage(usage: Mapping[str, Any]) -> TokenCounts:
-    """Converse `usage`: inputTokens excludes cache reads and writes, so they are added back."""
-    cache_read = _n(usage.get("cacheReadInputTokens"))
-    cache_write = _n(usage.get("cacheWriteInputTokens"))
-    return TokenCounts(
-        input_tokens=_n(usage.get("inputTokens")) + cache_read + cache_write,
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        output_tokens=_n(usage.get("outputTokens")),
+    """Converse `usage`: inputTokens excludes cache reads and writes."""
+    return _input_excluding_cache(
+        usage.get("inputTokens"),
+        usage.get("cacheReadInputTokens"),
+        usage.get("cacheWriteInputTokens"),
+        usage.get("outputTokens"),
     )
 
 
 def bedrock_invocation_metrics(metrics: Mapping[str, Any]) -> TokenCounts:
     """`amazon-bedrock-invocationMetrics` of InvokeModelWithResponseStream's last chunk."""
-    cache_read = _n(metrics.get("cacheReadInputTokenCount"))
-    cache_write = _n(metrics.get("cacheWriteInputTokenCount"))
-    return TokenCounts(
-        input_tokens=_n(metrics.get("inputTokenCount")) + cache_read + cache_write,
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        output_tokens=_n(metrics.get("outputTokenCount")),
+    return _input_excluding_cache(
+        metrics.get("inputTokenCount"),
+        metrics.get("cacheReadInputTokenCount"),
+        metrics.get("cacheWriteInputTokenCount"),
+        metrics.get("outputTokenCount"),
     )
 
 
