@@ -27,3 +27,18 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command() -> None:
     for target in commands:
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), target
     assert "make test" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses
+
+    from llmkeys_operator import settings as operator_settings
+    from llmkeys_proxy import settings as proxy_settings
+
+    for cls in (proxy_settings.ProxySettings, operator_settings.OperatorSettings):
+        missing = [
+            f"LLMKEYS_{field.name.upper()}"
+            for field in dataclasses.fields(cls)
+            if f"LLMKEYS_{field.name.upper()}" not in README
+        ]
+        assert missing == [], f"{cls.__name__}: add {missing} to README.md's settings table"
