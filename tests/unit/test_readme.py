@@ -3,10 +3,13 @@ commands are the Makefile targets CI runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 
+from llmkeys_operator import settings as operator_settings
 from llmkeys_proxy import errors
+from llmkeys_proxy import settings as proxy_settings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -30,11 +33,6 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    import dataclasses
-
-    from llmkeys_operator import settings as operator_settings
-    from llmkeys_proxy import settings as proxy_settings
-
     for cls in (proxy_settings.ProxySettings, operator_settings.OperatorSettings):
         missing = [
             f"LLMKEYS_{field.name.upper()}"
