@@ -8,7 +8,6 @@ policy (403, each with its own code). Keys are never logged.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -57,13 +56,10 @@ def authenticate(
     entry = key_index.get(parsed.key_id)
     if entry is None:
         raise invalid_key()
-    digest = hashlib.sha256(parsed.secret.encode("ascii")).hexdigest()
     # Compare against every hash (rotation keeps two) without stopping early.
-    matched = False
-    for accepted in entry.hashes:
-        if hmac.compare_digest(digest, accepted.sha256) and accepted.valid_at(now):
-            matched = True
-    if not matched:
+    digest = keys.hash_secret(parsed.secret)
+    matches = [hmac.compare_digest(digest, ok.sha256) and ok.valid_at(now) for ok in entry.hashes]
+    if not any(matches):
         raise invalid_key()
     if entry.suspended:
         raise errors.ProxyError("key_suspended", "This virtual key is suspended.")
