@@ -254,12 +254,6 @@ def is_owned_by(body: Mapping[str, Any], uid: str | None) -> bool:
     return _has_controller(body, uid)
 
 
-def is_key_secret(body: Mapping[str, Any]) -> bool:
-    """True for Secrets this operator manages (by label)."""
-    meta_labels = (body.get("metadata") or {}).get("labels") or {}
-    return meta_labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_VIRTUALKEY in meta_labels
-
-
 def _has_controller(body: Mapping[str, Any], uid: str | None) -> bool:
     if not uid:
         return False

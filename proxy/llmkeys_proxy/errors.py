@@ -187,10 +187,3 @@ def error_response(family: ApiFamily, error: ProxyError) -> web.Response:
     if family == "bedrock":
         response.headers["x-amzn-ErrorType"] = _BEDROCK_TYPES.get(error.status, "InternalServerException")
     return response
-
-
-def code_table_markdown() -> str:
-    """The README table of error codes, generated from `CODES` so docs and code cannot drift."""
-    lines = ["| code | HTTP | meaning |", "|---|---|---|"]
-    lines += [f"| `{code}` | {row.status} | {row.meaning} |" for code, row in CODES.items()]
-    return "\n".join(lines)

@@ -130,8 +130,10 @@ def test_ownership_is_by_controller_uid() -> None:
     assert not keysecret.is_owned_by(body, "uid-2")
     assert not keysecret.is_owned_by(body, None)
     assert not keysecret.is_owned_by({"metadata": {}}, "uid-1")
-    assert keysecret.is_key_secret(body)
-    assert not keysecret.is_key_secret({"metadata": {"labels": {"app": "x"}}})
+    # The labels the operator's Secret watch selects on (handlers.KEY_SECRET_LABELS).
+    labels = body["metadata"]["labels"]
+    assert labels[keysecret.LABEL_MANAGED_BY] == keysecret.MANAGED_BY
+    assert keysecret.LABEL_VIRTUALKEY in labels
 
 
 def test_material_repr_hides_the_key() -> None:
