@@ -16,7 +16,7 @@ fractions), so the schema says string with a pattern, and Python also accepts a 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -51,6 +51,38 @@ LABELS_MAX = 64
 DURATION_PATTERN = r"^([0-9]+(s|m|h|d|w))+$"
 #: Decimal USD: up to 8 integer digits and 6 decimals (micro-USD is exact).
 USD_PATTERN = r"^[0-9]{1,8}(\.[0-9]{1,6})?$"
+
+# Identity and approval annotations on VirtualKeys (README "Self-service and approvals"). In a
+# cluster only the admission webhook writes them, from the API server's authenticated userInfo;
+# in standalone mode the manifests folder is trusted and they are read as written.
+#: Username of the requester who created the key (stamped on create, never changed by non-admins).
+ANNOTATION_CREATED_BY: Final = "llmkeys.io/created-by"
+#: Digest of the creator's groups at creation time ("sha256:<hex>" over the sorted group names).
+ANNOTATION_CREATED_BY_GROUPS: Final = "llmkeys.io/created-by-groups"
+#: The act an approver asks for: "approve" or "deny"; the webhook replaces it with the stamps below.
+ANNOTATION_APPROVAL: Final = "llmkeys.io/approval"
+#: Why (optional with approve, recorded with deny).
+ANNOTATION_APPROVAL_REASON: Final = "llmkeys.io/approval-reason"
+ANNOTATION_APPROVED_BY: Final = "llmkeys.io/approved-by"
+ANNOTATION_APPROVED_AT: Final = "llmkeys.io/approved-at"
+#: What was approved: compact JSON of the approval-relevant spec (limits, providers, models, expiry),
+#: so a later change is compared with it (widening needs a new approval, narrowing does not).
+ANNOTATION_APPROVED_SPEC: Final = "llmkeys.io/approved-spec"
+ANNOTATION_DENIED_BY: Final = "llmkeys.io/denied-by"
+ANNOTATION_DENIED_AT: Final = "llmkeys.io/denied-at"
+ANNOTATION_DENIED_REASON: Final = "llmkeys.io/denied-reason"
+#: Values of ANNOTATION_APPROVAL.
+APPROVE: Final = "approve"
+DENY: Final = "deny"
+#: Every annotation an approval act writes (changed only through an authorised approval).
+APPROVAL_STAMPS: tuple[str, ...] = (
+    ANNOTATION_APPROVED_BY,
+    ANNOTATION_APPROVED_AT,
+    ANNOTATION_APPROVED_SPEC,
+    ANNOTATION_DENIED_BY,
+    ANNOTATION_DENIED_AT,
+    ANNOTATION_DENIED_REASON,
+)
 
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 Glob = Annotated[str, Field(min_length=1, max_length=GLOB_MAX)]
@@ -424,6 +456,56 @@ def _default_rules() -> tuple[CelRule, ...]:
     return tuple(_default_rule(field) for field in LIMIT_FIELDS)
 
 
+Principal = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+
+
+class Identities(ApiModel):
+    """People and groups as the API server authenticates them (userInfo username and groups)."""
+
+    users: list[Principal] = Field(
+        default_factory=list, max_length=LIST_MAX, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Usernames, e.g. alice@example.com or system:serviceaccount:ci:deployer."""
+    groups: list[Principal] = Field(
+        default_factory=list, max_length=LIST_MAX, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Group names, e.g. platform-admins or oidc:llm-approvers."""
+
+    def includes(self, username: str, groups: Iterable[str]) -> bool:
+        """Whether the user is listed or is in a listed group."""
+        return username in self.users or not set(self.groups).isdisjoint(groups)
+
+
+class SelfService(ApiModel):
+    """Who may create the keys this policy selects, and how their identity is recorded."""
+
+    owner_from_requester: bool = False
+    """On create, set spec.owner.user to the requester's authenticated username; a requester may
+    then not name another owner.user unless listed in admins."""
+    allowed_users: list[Principal] = Field(
+        default_factory=list, max_length=LIST_MAX, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Users who may create selected keys (on top of Kubernetes RBAC); with allowedGroups empty
+    too, anyone RBAC lets create VirtualKeys may."""
+    allowed_groups: list[Principal] = Field(
+        default_factory=list, max_length=LIST_MAX, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Groups whose members may create selected keys."""
+    admins: Identities = Field(default_factory=Identities)
+    """Identities that may set owner.user to anyone and change llmkeys.io/created-by."""
+
+
+class Approval(ApiModel):
+    """Keys this policy selects work only after an authorised approver approved them."""
+
+    required: bool = False
+    """Selected keys stay Ready=False (PendingApproval) and refused by the proxy until approved."""
+    approvers: Identities = Field(default_factory=Identities)
+    """Who may approve or deny (annotation llmkeys.io/approval, or `llmkeys approve|deny`)."""
+    allow_self_approval: bool = False
+    """Whether an approver may approve a key they created or own."""
+
+
 class LLMPolicySpec(ApiModel):
     """Guardrails for the keys a policy selects. Every selecting policy applies."""
 
@@ -466,6 +548,11 @@ class LLMPolicySpec(ApiModel):
     """Shared pools, one per distinct value of the budget's owner field among selected keys."""
     on_limiter_unavailable: Literal["Reject", "Allow"] | None = None
     """What the proxy does when Redis is unreachable (Reject is the default; Reject wins over Allow)."""
+    self_service: SelfService | None = None
+    """Who may create selected keys and whether the owner is taken from the requester (enforced by
+    the admission webhook)."""
+    approval: Approval | None = None
+    """Approval required before selected keys work, and who may give it."""
 
 
 class PoolUsage(ApiModel):
@@ -593,6 +680,21 @@ class EffectiveLimits(ApiModel):
     """Shared budget pools the key draws from."""
 
 
+class ApprovalStatus(ApiModel):
+    """The approval of a key, as recorded by the webhook's stamps."""
+
+    state: Literal["Pending", "Approved", "Denied"]
+    """Pending (waiting for an approver, also after a widening change), Approved or Denied."""
+    by: str | None = Field(default=None, max_length=NAME_MAX)
+    """The approver who approved or denied."""
+    at: datetime | None = None
+    """When."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """The reason given with a denial (or an approval)."""
+    approvers: list[Principal] = Field(default_factory=list, max_length=LIST_MAX)
+    """Who may act on it (users, and groups as group:NAME), from the applying policies."""
+
+
 class VirtualKeyStatus(ApiModel):
     """Observed state of a virtual key."""
 
@@ -616,6 +718,10 @@ class VirtualKeyStatus(ApiModel):
     """Allowlists and limits after policies."""
     usage: UsageByPeriod | None = None
     """Usage per UTC day and month."""
+    created_by: str | None = Field(default=None, max_length=NAME_MAX)
+    """Who created the key, as the admission webhook stamped it (annotation llmkeys.io/created-by)."""
+    approval: ApprovalStatus | None = None
+    """Approval state when an applying LLMPolicy requires approval."""
 
 
 # ----------------------------------------------------------------------------------- resources

@@ -35,7 +35,16 @@ from typing import Literal
 from llmkeys_operator import api, durations, selectors
 from llmkeys_proxy import config
 
-KeyReason = Literal["Active", "Pending", "Suspended", "Expired", "PolicyViolation", "NoUsableModels"]
+KeyReason = Literal[
+    "Active",
+    "Pending",
+    "Suspended",
+    "Expired",
+    "PolicyViolation",
+    "NoUsableModels",
+    "PendingApproval",
+    "ApprovalDenied",
+]
 CredentialReason = Literal["Ready", "SecretMissing", "SecretKeyMissing", "NotInGatewayNamespace"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 

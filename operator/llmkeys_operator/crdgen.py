@@ -48,6 +48,9 @@ _KINDS: dict[
             _column("Ready", "string", f"{_READY}.status", "Whether the key is usable."),
             _column("Reason", "string", f"{_READY}.reason", "Why the key is (not) usable."),
             _column("Team", "string", ".spec.owner.team", "Owning team."),
+            _column(
+                "Owner", "string", ".spec.owner.user", "Owning user (stamped from the requester on create)."
+            ),
             _column("Models", "string", ".status.effective.models", "Models the key may use."),
             _column(
                 "RPM", "integer", ".status.effective.limits.requestsPerMinute", "Effective requests/minute."
@@ -59,6 +62,13 @@ _KINDS: dict[
             _column("Expires", "date", ".status.expiresAt", "When the key expires."),
             _AGE,
             _column("KeyID", "string", ".status.keyId", "Public key id.", priority=1),
+            _column(
+                "CreatedBy",
+                "string",
+                ".status.createdBy",
+                "Who created the key (admission stamp).",
+                priority=1,
+            ),
         ],
     ),
     "ProviderCredential": (

@@ -108,3 +108,44 @@ def test_spec_models_refuse_unknown_fields_but_envelopes_ignore_them() -> None:
     with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
         api.VirtualKeySpec.model_validate({"sufix": "x"})
     api.ObjectMeta.model_validate({"name": "x", "finalizers": ["a"]})
+
+
+def test_self_service_and_approval_contract_is_spelled_as_documented() -> None:
+    # The contract the admission webhook, the portal and the CLI share (README "Self-service and approvals").
+    policy = api.LLMPolicy.model_validate(
+        {
+            "metadata": {"name": "dev"},
+            "spec": {
+                "selfService": {
+                    "ownerFromRequester": True,
+                    "allowedUsers": ["alice@example.com"],
+                    "allowedGroups": ["developers"],
+                    "admins": {"users": ["root@example.com"], "groups": ["platform"]},
+                },
+                "approval": {
+                    "required": True,
+                    "approvers": {"users": ["boss@example.com"], "groups": ["llm-approvers"]},
+                    "allowSelfApproval": False,
+                },
+            },
+        }
+    )
+    self_service, approval = policy.spec.self_service, policy.spec.approval
+    assert self_service is not None and approval is not None
+    assert self_service.owner_from_requester and self_service.allowed_groups == ["developers"]
+    assert self_service.admins.includes("someone", ["platform"])
+    assert self_service.admins.includes("root@example.com", [])
+    assert not self_service.admins.includes("alice@example.com", ["developers"])
+    assert approval.required and not approval.allow_self_approval
+    assert approval.approvers.includes("x", ["llm-approvers"])
+    assert (
+        policy.model_dump(by_alias=True, exclude_none=True)["spec"]["approval"]["allowSelfApproval"] is False
+    )
+    with pytest.raises(pydantic.ValidationError):
+        api.LLMPolicySpec.model_validate({"approval": {"required": True, "approver": {"users": ["x"]}}})
+    assert api.ANNOTATION_CREATED_BY == "llmkeys.io/created-by"
+    assert api.ANNOTATION_APPROVAL == "llmkeys.io/approval"
+    assert set(api.APPROVAL_STAMPS) == {
+        "llmkeys.io/approved-by", "llmkeys.io/approved-at", "llmkeys.io/approved-spec",
+        "llmkeys.io/denied-by", "llmkeys.io/denied-at", "llmkeys.io/denied-reason",
+    }  # fmt: skip

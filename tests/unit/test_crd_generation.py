@@ -68,7 +68,21 @@ def test_names_scope_and_subresources() -> None:
 def test_virtualkey_printer_columns() -> None:
     columns = _crds()["VirtualKey"]["spec"]["versions"][0]["additionalPrinterColumns"]
     by_name = {c["name"]: c for c in columns if not c.get("priority")}
-    assert list(by_name) == ["Ready", "Reason", "Team", "Models", "RPM", "Spend", "Cap", "Expires", "Age"]
+    assert list(by_name) == [
+        "Ready",
+        "Reason",
+        "Team",
+        "Owner",
+        "Models",
+        "RPM",
+        "Spend",
+        "Cap",
+        "Expires",
+        "Age",
+    ]
+    # The owner as the admission webhook stamped it (issue 10), and who created the key (wide output).
+    assert by_name["Owner"]["jsonPath"] == ".spec.owner.user"
+    assert {c["name"]: c["jsonPath"] for c in columns}["CreatedBy"] == ".status.createdBy"
     assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert by_name["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
     assert by_name["Spend"]["jsonPath"] == ".status.usage.month.spendUSD"
