@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	bash scripts/ensure-redis.sh
+	bash scripts/ensure-prometheus.sh
 
 demo: $(STAMP)
 	$(PY) -m llmkeys_operator.cli demo --manifests examples/standalone

@@ -239,6 +239,45 @@ class Limits(ApiModel):
     """Largest output cap (max_tokens) one request may ask for."""
 
 
+#: Refusal counts by error code (README "Error codes"); a finite set of codes.
+RefusalCounts = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=0)]], Field(max_length=64)
+]
+
+
+class UsageBreakdown(ApiModel):
+    """Usage of one model or one provider credential in a period."""
+
+    name: str = Field(max_length=GLOB_MAX)
+    """Model name (names the config does not know are counted as `other`), or credential
+    namespace/name."""
+    requests: int = Field(default=0, ge=0)
+    """Requests served."""
+    tokens: int = Field(default=0, ge=0)
+    """Tokens (input + output)."""
+    spend_usd: str = Field(default="0", max_length=32, alias="spendUSD")
+    """Spend in USD as a decimal string."""
+
+
+class DailyUsage(ApiModel):
+    """Usage of one UTC day (an entry of the bounded daily history)."""
+
+    date: str = Field(max_length=10, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    """The UTC day, YYYY-MM-DD."""
+    requests: int = Field(default=0, ge=0)
+    """Requests admitted."""
+    tokens: int = Field(default=0, ge=0)
+    """Tokens (input + output)."""
+    spend_usd: str = Field(default="0", max_length=32, alias="spendUSD")
+    """Spend in USD as a decimal string."""
+
+
+#: Days of daily history kept in status (keys and pools).
+HISTORY_DAYS = 31
+#: Models and credentials listed per period in a key's usage (the largest by spend, then tokens).
+BREAKDOWN_MAX = 32
+
+
 class Usage(ApiModel):
     """Usage in one period, as last read from the limiter."""
 
@@ -256,15 +295,26 @@ class Usage(ApiModel):
     """Spend in USD as a decimal string."""
     last_used_at: datetime | None = None
     """Time of the last request."""
+    refusals: RefusalCounts = Field(default_factory=dict)
+    """Requests the proxy refused in this period, by error code (e.g. rate_limit_exceeded,
+    budget_exceeded, model_not_allowed)."""
+    by_model: list[UsageBreakdown] = Field(default_factory=list, max_length=BREAKDOWN_MAX)
+    """Usage by model (largest spend first)."""
+    by_provider: list[UsageBreakdown] = Field(default_factory=list, max_length=BREAKDOWN_MAX)
+    """Usage by provider credential (largest spend first)."""
 
 
 class UsageByPeriod(ApiModel):
-    """Usage per UTC day and month."""
+    """Usage per UTC day and month, and the daily history."""
 
     day: Usage | None = None
     """The current UTC day."""
     month: Usage | None = None
     """The current UTC month."""
+    history: list[DailyUsage] = Field(default_factory=list, max_length=HISTORY_DAYS)
+    """The last 31 UTC days with use (oldest first), today included."""
+    last_used_at: datetime | None = None
+    """Time of the last request ever seen (kept across periods; absent: never used)."""
 
 
 # ------------------------------------------------------------------------------ ProviderCredential
@@ -570,6 +620,14 @@ class PoolUsage(ApiModel):
     """Tokens this month."""
     cap_usd: str | None = Field(default=None, max_length=32, alias="capUSD")
     """Monthly cap in USD."""
+    cap_tokens: int | None = Field(default=None, ge=0)
+    """Monthly cap in tokens."""
+    last_used_at: datetime | None = None
+    """Time of the last request drawing from the pool."""
+    refusals: RefusalCounts = Field(default_factory=dict)
+    """Requests refused this month because the pool was exhausted, by error code."""
+    history: list[DailyUsage] = Field(default_factory=list, max_length=HISTORY_DAYS)
+    """The last 31 UTC days with use (oldest first), today included."""
 
 
 class LLMPolicyStatus(ApiModel):

@@ -2,7 +2,8 @@
 
 Subcommands: `operator` (control plane), `proxy` (data plane, config from Kubernetes or a
 directory), `serve` (standalone: manifests folder -> compiled config -> proxy, no cluster),
-`crds` (render crds/*.yaml from the API models), `demo` (the README's first command).
+`crds` (render crds/*.yaml from the API models), `demo` (the README's first command), `report`
+(answers from status; also installed as the kubectl plugin `kubectl-llmkeys`).
 Each subcommand delegates to one module's `run(args)`; imports are lazy so `llmkeys crds` does not
 load aiohttp and the proxy does not load kopf.
 """
@@ -20,13 +21,17 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("llmkeys_operator.standalone", "standalone gateway from a folder of manifests"),
     "crds": ("llmkeys_operator.crdgen", "write the CRD manifests generated from the API models"),
     "demo": ("llmkeys_operator.demo", "run the standalone demo and call it with the openai SDK"),
+    "report": ("llmkeys_operator.report", "usage, spend, limits, inactive and expiring keys from status"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmkeys", description="Governed virtual LLM API keys.")
+def main(argv: list[str] | None = None, *, prog: str = "llmkeys", only: tuple[str, ...] | None = None) -> int:
+    """Run a subcommand; `only` restricts the subcommands offered (the kubectl plugin: `report`)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Governed virtual LLM API keys.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in _COMMANDS.items():
+        if only is not None and name not in only:
+            continue
         cmd = sub.add_parser(name, help=help_text)
         # Only the chosen subcommand's module is imported (for its arguments and its run()).
         if argv is None:

@@ -34,7 +34,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from llmkeys_operator import api, compile, keysecret
+from llmkeys_operator import api, compile, keysecret, statusfiles
 from llmkeys_proxy import config, keys, sources
 
 logger = logging.getLogger("llmkeys.standalone")
@@ -164,6 +164,8 @@ class StateDir:
         self.root = root
         self.keys_dir = root / "keys"
         self.config_dir = root / "config"
+        #: Resources with their status, as `llmkeys report --state-dir` reads them (`statusfiles`).
+        self.status_dir = root / "status"
 
     def prepare(self) -> None:
         for directory in (self.root, self.keys_dir, self.config_dir):
@@ -267,6 +269,7 @@ class CompiledState:
     manifests: Manifests
     result: compile.CompileResult
     created: list[tuple[str, str]]
+    issued: dict[tuple[str, str], compile.IssuedKey] = dataclasses.field(default_factory=dict)
 
 
 def compile_folder(
@@ -287,7 +290,7 @@ def compile_folder(
     )
     with state.locked():
         sources.write_config_dir(state.config_dir, result.config)
-    return CompiledState(manifests=manifests, result=result, created=created)
+    return CompiledState(manifests=manifests, result=result, created=created, issued=issued)
 
 
 def describe(compiled: CompiledState, state: StateDir) -> list[str]:
@@ -319,6 +322,7 @@ async def watch_manifests(
     proxy_url: str,
     stop: asyncio.Event,
     interval_s: float = 0.25,
+    on_compiled: Callable[[CompiledState], None] | None = None,
 ) -> None:
     """Recompile whenever a manifest file changes; the proxy's DirectorySource picks the result up.
     Expiry needs no recompile: the proxy checks `expires_at` on every request."""
@@ -338,6 +342,8 @@ async def watch_manifests(
             logger.exception("recompiling %s failed; the proxy keeps the previous config", manifests_dir)
             continue
         logger.info("manifests changed: recompiled %d keys", len(compiled.result.keys))
+        if on_compiled is not None:
+            on_compiled(compiled)
         for namespace, name in compiled.created:
             logger.info("issued a key for %s/%s -> %s", namespace, name, state.env_path(namespace, name))
 
@@ -356,6 +362,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share limits with other processes through Redis (default: in-process limiter)",
     )
     parser.add_argument("--public-url", default=None, help="proxy URL written into the key env files")
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=statusfiles.DEFAULT_INTERVAL_S,
+        help="seconds between writes of <state-dir>/status/ (usage for `llmkeys report --state-dir`)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LLMKEYS_LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--workers",
@@ -503,7 +515,24 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    watcher = asyncio.create_task(watch_manifests(manifests_dir, state, url, stop))
+    latest = [compiled]
+    limiters: list[Any] = []
+    if workers > 1:
+        from llmkeys_proxy.limits import redis as redis_limits  # workers need Redis (checked above)
+
+        limiters.append(redis_limits.RedisLimiter(args.redis_url))
+    watcher = asyncio.create_task(
+        watch_manifests(manifests_dir, state, url, stop, on_compiled=lambda new: latest.__setitem__(0, new))
+    )
+    status_writer = asyncio.create_task(
+        statusfiles.run_status_writer(
+            state.status_dir,
+            lambda: latest[0],
+            lambda: limiters[0] if limiters else None,
+            stop,
+            getattr(args, "status_interval", statusfiles.DEFAULT_INTERVAL_S),
+        )
+    )
 
     def listening() -> None:
         if ready is not None:
@@ -532,10 +561,14 @@ async def serve(
             on_ready=listening,
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
+            on_limiter=limiters.append,
         )
     finally:
         stop.set()
         await watcher
+        await status_writer
+        if workers > 1:
+            await limiters[0].close()
     return 0
 
 

@@ -10,12 +10,13 @@ the status instead of writing the lower numbers back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import urllib.parse
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmkeys_operator import api, compile, kube, reconcile
@@ -56,7 +57,36 @@ def period_start(period: str) -> datetime:
     return datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=UTC)
 
 
-def _usage(period: base.PeriodUsage) -> api.Usage:
+def refusals(tallies: Mapping[str, int]) -> dict[str, int]:
+    """Refusal counts by error code from a scope's tallies."""
+    prefix = base.TALLY_REFUSAL
+    return {name[len(prefix) :]: count for name, count in sorted(tallies.items()) if name.startswith(prefix)}
+
+
+def breakdown(tallies: Mapping[str, int], prefix: str) -> list[api.UsageBreakdown]:
+    """Usage by model (prefix `m:`) or credential (`p:`) from a scope's tallies, largest spend first,
+    at most `api.BREAKDOWN_MAX` entries."""
+    rows: dict[str, list[int]] = {}
+    for field, count in tallies.items():
+        if not field.startswith(prefix):
+            continue
+        name, _, what = field[len(prefix) :].rpartition(":")
+        slot = "qtu".find(what)
+        if slot >= 0:
+            rows.setdefault(name, [0, 0, 0])[slot] = count
+    ordered = sorted(rows.items(), key=lambda item: (-item[1][2], -item[1][1], item[0]))
+    return [
+        api.UsageBreakdown(
+            name=name[: api.GLOB_MAX],
+            requests=requests,
+            tokens=tokens,
+            spend_usd=str(compile.micro_to_usd(micro_usd)),
+        )
+        for name, (requests, tokens, micro_usd) in ordered[: api.BREAKDOWN_MAX]
+    ]
+
+
+def _usage(period: base.PeriodUsage, tallies: Mapping[str, int]) -> api.Usage:
     return api.Usage(
         period_start=period_start(period.period),
         requests=period.requests,
@@ -65,19 +95,82 @@ def _usage(period: base.PeriodUsage) -> api.Usage:
         output_tokens=period.output_tokens,
         spend_usd=str(compile.micro_to_usd(period.micro_usd)),
         last_used_at=period.last_used_at,
+        refusals=refusals(tallies),
+        by_model=breakdown(tallies, base.TALLY_MODEL),
+        by_provider=breakdown(tallies, base.TALLY_PROVIDER),
     )
 
 
-def usage_status(snapshot: base.UsageSnapshot) -> dict[str, Any]:
-    """`status.usage` as JSON for a key's usage snapshot."""
-    usage = api.UsageByPeriod(day=_usage(snapshot.day), month=_usage(snapshot.month))
-    dumped: dict[str, Any] = usage.model_dump(mode="json", by_alias=True, exclude_none=True)
+_OMITTED_WHEN_EMPTY = ("refusals", "byModel", "byProvider", "history")
+
+
+def _compact(dumped: dict[str, Any]) -> dict[str, Any]:
+    """Leave out empty tallies and history (most keys have none: smaller statuses)."""
+    for field in _OMITTED_WHEN_EMPTY:
+        if field in dumped and not dumped[field]:
+            del dumped[field]
+    for nested in ("day", "month"):
+        if isinstance(dumped.get(nested), dict):
+            _compact(dumped[nested])
     return dumped
 
 
-def pool_usage(pool: config.PoolEntry, snapshot: base.UsageSnapshot) -> dict[str, Any]:
-    """One entry of `LLMPolicy.status.pools`."""
+def _day_entry(period: base.PeriodUsage) -> dict[str, Any]:
+    return api.DailyUsage(
+        date=period.period,
+        requests=period.requests,
+        tokens=period.total_tokens,
+        spend_usd=str(compile.micro_to_usd(period.micro_usd)),
+    ).model_dump(mode="json", by_alias=True)
+
+
+def history(shown: Any, snapshot: base.UsageSnapshot) -> list[dict[str, Any]]:
+    """The daily history: what the status showed, with the day before (its final numbers, while the
+    limiter still holds them) and today replaced from the limiter; days without use are left out,
+    and only the last `api.HISTORY_DAYS` UTC days are kept (oldest first)."""
+    days: dict[str, dict[str, Any]] = {}
+    for entry in shown if isinstance(shown, list) else ():
+        if isinstance(entry, Mapping) and isinstance(entry.get("date"), str):
+            days[entry["date"]] = dict(entry)
+    for period in (snapshot.previous_day, snapshot.day):
+        if period is not None and (period.requests or period.total_tokens or period.micro_usd):
+            days[period.period] = _day_entry(period)
+    first = (period_start(snapshot.day.period) - timedelta(days=api.HISTORY_DAYS - 1)).strftime("%Y-%m-%d")
+    return [days[date] for date in sorted(days) if first <= date <= snapshot.day.period]
+
+
+def usage_status(snapshot: base.UsageSnapshot, shown: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`status.usage` as JSON for a key's usage snapshot (`shown`: the usage the status holds)."""
+    usage = api.UsageByPeriod(
+        day=_usage(snapshot.day, snapshot.day_tallies),
+        month=_usage(snapshot.month, snapshot.month_tallies),
+    )
+    dumped: dict[str, Any] = usage.model_dump(mode="json", by_alias=True, exclude_none=True)
+    dumped["history"] = history((shown or {}).get("history"), snapshot)
+    last_used = last_used_at((shown or {}).get("lastUsedAt"), snapshot)
+    if last_used is not None:
+        dumped["lastUsedAt"] = last_used
+    return _compact(dumped)
+
+
+def last_used_at(shown: Any, snapshot: base.UsageSnapshot) -> str | None:
+    """The latest of what the status showed and the limiter's periods, as RFC 3339 text."""
+    times = [at for at in (snapshot.day.last_used_at, snapshot.month.last_used_at) if at is not None]
+    if isinstance(shown, str):
+        with contextlib.suppress(ValueError):
+            times.append(datetime.fromisoformat(shown.replace("Z", "+00:00")))
+    latest = max(times, default=None)
+    return None if latest is None else latest.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def pool_usage(
+    pool: config.PoolEntry, snapshot: base.UsageSnapshot, shown: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One entry of `LLMPolicy.status.pools` (`shown`: the entry the status holds)."""
     month = snapshot.month
+    last_used = max(
+        (at for at in (month.last_used_at, snapshot.day.last_used_at) if at is not None), default=None
+    )
     usage = api.PoolUsage(
         budget=pool.budget,
         group=pool.group_value,
@@ -89,9 +182,13 @@ def pool_usage(pool: config.PoolEntry, snapshot: base.UsageSnapshot) -> dict[str
             if pool.spend_per_month_micro_usd is not None
             else None
         ),
+        cap_tokens=pool.tokens_per_month,
+        last_used_at=last_used,
+        refusals=refusals(snapshot.month_tallies),
     )
     dumped: dict[str, Any] = usage.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return dumped
+    dumped["history"] = history((shown or {}).get("history"), snapshot)
+    return _compact(dumped)
 
 
 def _same_period(shown: Mapping[str, Any], period: str) -> bool:
@@ -171,9 +268,14 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
                 base.SeedTarget(scope_id=entry.key_id, month=entry.month_usage_seed, day=entry.day_usage_seed)
             )
             continue
-        if current is None and snapshot.month.requests == 0 and snapshot.day.requests == 0:
+        if (
+            current is None
+            and snapshot.month.requests == 0
+            and snapshot.day.requests == 0
+            and not snapshot.month_tallies
+        ):
             continue  # never used: no need to write zeros into every key
-        desired = usage_status(snapshot)
+        desired = usage_status(snapshot, current)
         if current is not None and _canonical(current) == _canonical(desired):
             continue
         key_patch: dict[str, Any] = {"status": {"usage": desired}}
@@ -193,6 +295,7 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
             policy.status.model_dump(mode="json", by_alias=True, exclude_none=True) if policy.status else {}
         )
         shown = shown_status.get("pools") or []
+        shown_by_pool = {(entry.get("budget"), entry.get("group")): entry for entry in shown}
         desired_pools = []
         for pool_id in outcome.pools:
             pool, snapshot = pools.get(pool_id), snapshots.get(pool_id)
@@ -200,7 +303,9 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
                 continue
             if pool_counters_lost(shown, pool, snapshot):
                 seeds.append(base.SeedTarget(scope_id=pool_id, is_pool=True, month=pool.month_usage_seed))
-            desired_pools.append(pool_usage(pool, snapshot))
+            desired_pools.append(
+                pool_usage(pool, snapshot, shown_by_pool.get((pool.budget, pool.group_value)))
+            )
         if any(seed.is_pool for seed in seeds) or _canonical(shown) == _canonical(desired_pools):
             continue
         patch: dict[str, Any] = {"status": {"pools": desired_pools}}

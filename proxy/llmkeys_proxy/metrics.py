@@ -37,6 +37,9 @@ KEY_OWNER_LABELS = {
 KEY_INFO_LABELS = ("key_id", "namespace", "name", *KEY_OWNER_LABELS.values())
 #: Longest info label value; longer values are cut (key_id keeps each series distinct anyway).
 KEY_INFO_VALUE_MAX = 128
+#: The model label (and tally name) of every model name the config and price table do not know.
+OTHER_MODEL = "other"
+_GLOB_CHARS = frozenset("*?[")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -79,6 +82,28 @@ class KeyInfo:
             values += [owner.get(field, "")[:cut] for field in KEY_OWNER_LABELS]
             family.add_metric(values, {})
         yield family
+
+
+class ModelNames:
+    """Bounds model label values to the names the loaded config knows (exact model routes, Azure
+    deployments, price overrides) or the price table lists; any other name is `other`, so no caller
+    can grow the series count by inventing model names (a glob route such as `gpt-5*` admits them)."""
+
+    def __init__(self) -> None:
+        self._known: frozenset[str] = frozenset()
+
+    def set_config(self, proxy_config: config.ProxyConfig, price_names: frozenset[str] = frozenset()) -> None:
+        known = set(price_names)
+        for provider in proxy_config.providers:
+            known.update(route.name for route in provider.models)
+            known.update(provider.deployments)
+            known.update(provider.pricing)
+        self._known = frozenset(name for name in known if not _GLOB_CHARS.intersection(name))
+
+    def label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        return model if model in self._known else OTHER_MODEL
 
 
 class ProxyMetrics:
@@ -143,6 +168,7 @@ class ProxyMetrics:
             "llmkeys_config_keys", "Virtual keys in the loaded config.", registry=r, multiprocess_mode="max"
         )
         self.key_info = KeyInfo()
+        self.models = ModelNames()
         self._request_children: dict[tuple[str, ...], prometheus_client.Counter] = {}
         self._token_children: dict[tuple[str, ...], tuple[prometheus_client.Counter, ...]] = {}
         self._duration_children: dict[str, prometheus_client.Histogram] = {}
@@ -158,7 +184,8 @@ class ProxyMetrics:
         tokens: tuple[int, int, int, int] | None,
         micro_usd: int,
     ) -> None:
-        """Count one finished request; `tokens` is (input, cached_input, output, reasoning)."""
+        """Count one finished request; `tokens` is (input, cached_input, output, reasoning); `model`
+        is bounded already (`ModelNames.label`)."""
         labels = (key_id, namespace, model, provider, code)
         counter = self._request_children.get(labels)
         if counter is None:

@@ -485,6 +485,7 @@ async def _reserve(
     outcome.rate_headers = rate
     if not decision.allowed:
         code = decision.code or "rate_limit_exceeded"
+        outcome.denied_scope = decision.scope_id
         raise errors.ProxyError(
             code, decision.message or _DENY_MESSAGES[code], headers=_deny_headers(decision, rate)
         )

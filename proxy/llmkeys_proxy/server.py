@@ -300,10 +300,12 @@ async def serve_directory(
     reuse_port: bool = False,
     tls_cert_file: str | None = None,
     tls_key_file: str | None = None,
+    on_limiter: Callable[[limits_base.Limiter], None] | None = None,
 ) -> None:
     """Serve the compiled config in `config_dir` (standalone mode) until `stop` is set; `ready` is
     set and `on_ready()` called once listening and the first config is loaded. `reuse_port`: one of
-    several processes sharing the port (`llmkeys serve --workers`)."""
+    several processes sharing the port (`llmkeys serve --workers`). `on_limiter` is given the
+    limiter the proxy counts with (standalone mode reads usage from it for its status files)."""
     from llmkeys_proxy import app as proxy_app
 
     proxy_settings = settings.ProxySettings.from_env(
@@ -318,7 +320,10 @@ async def serve_directory(
     )
     preload_encodings(proxy_settings)
     source = sources.DirectorySource(config_dir, reload_interval_s)
-    application = proxy_app.create_app(proxy_settings, source, build_limiter(proxy_settings))
+    limiter = build_limiter(proxy_settings)
+    if on_limiter is not None:
+        on_limiter(limiter)
+    application = proxy_app.create_app(proxy_settings, source, limiter)
 
     def listening(_port: int) -> None:
         if ready is not None:

@@ -15,7 +15,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from llmkeys_proxy import audit, config, metrics, pricing, usage
+from llmkeys_proxy import audit, config, errors, metrics, pricing, usage
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.settlement")
@@ -50,6 +50,45 @@ class Outcome:
     duration_s: float = 0.0
     #: The key's x-ratelimit-* headers from the limiter's decision (sent on every response).
     rate_headers: dict[str, str] | None = None
+    #: The pool (or credential) whose limit refused the request, when not the key's own.
+    denied_scope: str | None = None
+
+
+#: Refusals tallied per key (and pool) for status and reports: the proxy's own 4xx answers about
+#: what a key may do, and the limiter being unavailable. A finite set, so tallies stay bounded.
+TALLIED_REFUSALS = frozenset(
+    code for code, spec in errors.CODES.items() if 400 <= spec.status < 500 or code == "limiter_unavailable"
+)
+
+
+def tallies_of(outcome: Outcome, model: str, micro_usd: int) -> list[limits_base.Tally]:
+    """What one finished request adds to its key's (and a refusing pool's) tallies."""
+    key = outcome.key
+    if key is None:
+        return []
+    counts: dict[str, int] = {}
+    if outcome.code in TALLIED_REFUSALS:
+        counts[limits_base.TALLY_REFUSAL + outcome.code] = 1
+    served = outcome.counts
+    if served is not None:
+        tokens = served.input_tokens + served.output_tokens
+        for prefix in (
+            limits_base.TALLY_MODEL + model,
+            limits_base.TALLY_PROVIDER + (outcome.provider.id if outcome.provider is not None else ""),
+        ):
+            counts[prefix + ":q"] = 1
+            counts[prefix + ":t"] = tokens
+            counts[prefix + ":u"] = micro_usd
+    tallies = [limits_base.Tally(scope_id=key.key_id, counts=counts)] if counts else []
+    if outcome.code == "pool_budget_exceeded" and outcome.denied_scope is not None:
+        tallies.append(
+            limits_base.Tally(
+                scope_id=outcome.denied_scope,
+                counts={limits_base.TALLY_REFUSAL + outcome.code: 1},
+                is_pool=True,
+            )
+        )
+    return tallies
 
 
 #: How long the settler waits after the first finished request for more to join its batch.
@@ -72,6 +111,7 @@ class Settler:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.settled = 0  # outcomes processed (tests and /readyz detail)
+        self.tallies_dropped = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="llmkeys-settler")
@@ -130,6 +170,7 @@ class Settler:
     async def _process(self, batch: list[Outcome]) -> None:
         now = datetime.now(UTC)
         calls = []
+        tallies: list[limits_base.Tally] = []
         for outcome in batch:
             micro_usd = self._price(outcome)
             reservation = outcome.reservation
@@ -138,7 +179,11 @@ class Settler:
                     calls.append(self._limiter.refund(reservation, now))
                 else:
                     calls.append(self._limiter.settle(reservation, _actual(outcome.counts, micro_usd), now))
-            self._observe(outcome, micro_usd)
+            model = self._metrics.models.label(outcome.model)
+            self._observe(outcome, model, micro_usd)
+            tallies += tallies_of(outcome, model, micro_usd)
+        if tallies:
+            calls.append(self._record_tallies(tallies, now))
         if len(calls) == 1:
             results: list[BaseException | None] = []
             try:
@@ -155,13 +200,20 @@ class Settler:
                 # The limiter expires abandoned reservations; nothing more to do here but say so.
                 logger.warning("settlement not accepted by the limiter: %s", type(result).__name__)
 
+    async def _record_tallies(self, tallies: list[limits_base.Tally], now: datetime) -> None:
+        try:
+            await self._limiter.record_tallies(tallies, now)
+        except limits_base.LimiterUnavailable:
+            # Tallies feed reports, not limits: a batch missed while the limiter is down is dropped.
+            self.tallies_dropped += len(tallies)
+
     def _price(self, outcome: Outcome) -> int:
         if outcome.counts is None or outcome.price_model is None:
             return 0
         overrides = outcome.provider.pricing if outcome.provider is not None else {}
         return self._prices.cost(outcome.price_model, outcome.counts, overrides).micro_usd
 
-    def _observe(self, outcome: Outcome, micro_usd: int) -> None:
+    def _observe(self, outcome: Outcome, model: str, micro_usd: int) -> None:
         key = outcome.key
         provider_id = outcome.provider.id if outcome.provider is not None else ""
         counts = outcome.counts
@@ -169,7 +221,7 @@ class Settler:
             self._metrics.observe_request(
                 key.key_id,
                 key.namespace,
-                outcome.model or "",
+                model,
                 provider_id,
                 outcome.code,
                 outcome.duration_s,

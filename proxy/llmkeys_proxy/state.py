@@ -65,6 +65,7 @@ class ProxyState:
         self.metrics.config_generation.set(self.source.generation)
         self.metrics.config_keys.set(len(new.keys))
         self.metrics.key_info.set_keys(new.keys)
+        self.metrics.models.set_config(new, frozenset(self.prices.models))
         self.metrics.config_healthy.set(1)
 
     def release(self, adapter: providers_base.ProviderAdapter, acquired: bool = True) -> None:

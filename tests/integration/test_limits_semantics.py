@@ -569,3 +569,46 @@ async def test_cluster_mode_from_the_url(redis_cluster_node: redis_server.RedisS
         assert (await limiter.read_usage([], [pool.pool_id], at(2)))[pool.pool_id].month.micro_usd == 10
     finally:
         await limiter.close()
+
+
+# -- tallies (status and reports) ------------------------------------------------------------------------
+
+
+async def test_tallies_add_up_per_day_and_month_bounded_and_the_day_before_stays_readable(
+    backend: Backend,
+) -> None:
+    limiter = backend.limiter
+    key = new_key_id()
+    pool_id = "teams/monthly/payments"
+    late = datetime(2031, 3, 14, 23, 0, tzinfo=UTC)
+    reservation = admitted(await limiter.reserve(request_for(key, late, tokens=10)))
+    await limiter.settle(reservation, base.ActualUsage(input_tokens=7, output_tokens=3, micro_usd=40), late)
+    await limiter.record_tallies(
+        [
+            base.Tally(key, {"r:rate_limit_exceeded": 2, "m:gpt-5.4:q": 1, "m:gpt-5.4:t": 10}),
+            base.Tally(pool_id, {"r:pool_budget_exceeded": 1}, is_pool=True),
+        ],
+        late,
+    )
+    next_day = datetime(2031, 3, 15, 1, 0, tzinfo=UTC)
+    await limiter.record_tallies([base.Tally(key, {"r:rate_limit_exceeded": 1})], next_day)
+    # More distinct fields than the bound: the first ones stay, the rest are not added.
+    flood = {f"m:model-{n}:q": 1 for n in range(base.TALLY_FIELDS_MAX + 10)}
+    await limiter.record_tallies([base.Tally(key, flood)], next_day)
+
+    usage = await limiter.read_usage([key], [pool_id], next_day)
+    mine = usage[key]
+    assert mine.month_tallies["r:rate_limit_exceeded"] == 3 and mine.month_tallies["m:gpt-5.4:t"] == 10
+    assert len(mine.month_tallies) == base.TALLY_FIELDS_MAX
+    assert mine.day_tallies["r:rate_limit_exceeded"] == 1 and "m:gpt-5.4:q" not in mine.day_tallies
+    assert len(mine.day_tallies) == base.TALLY_FIELDS_MAX
+    assert mine.previous_day is not None
+    assert (mine.previous_day.period, mine.previous_day.requests, mine.previous_day.total_tokens) == (
+        "2031-03-14",
+        1,
+        10,
+    )
+    assert (mine.day.requests, mine.month.requests) == (0, 1)
+    assert usage[pool_id].month_tallies == {"r:pool_budget_exceeded": 1}
+    two_days_later = datetime(2031, 3, 16, 1, 0, tzinfo=UTC)
+    assert (await limiter.read_usage([key], [], two_days_later))[key].previous_day is None

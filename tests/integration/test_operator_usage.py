@@ -90,9 +90,31 @@ async def test_status_usage_and_pool_usage_after_traffic_and_reseed_after_redis_
     assert usage["lastUsedAt"]
     day = (vk or {})["status"]["usage"]["day"]
     assert day["requests"] == 3
+    # Breakdowns: the credential serves `mock-*`, a glob, so `mock-small` is not a name the config
+    # knows and counts as `other` (callers cannot grow the set of names); the daily history has today.
+    assert [(m["name"], m["requests"], m["spendUSD"]) for m in usage["byModel"]] == [
+        ("other", 3, usage["spendUSD"])
+    ]
+    assert [(p["name"], p["requests"]) for p in usage["byProvider"]] == [(f"{kc.GATEWAY_NAMESPACE}/mock", 3)]
+    history = (vk or {})["status"]["usage"]["history"]
+    assert history == [
+        {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "requests": 3,
+            "tokens": usage["inputTokens"] + usage["outputTokens"],
+            "spendUSD": usage["spendUSD"],
+        }
+    ]
+    assert (vk or {})["status"]["usage"]["lastUsedAt"] == usage["lastUsedAt"]
 
+    # The pool's status is patched after the keys' in the same sync pass: wait for it to catch up.
     policy = await cluster_client.wait_for(
-        kc.POLICIES, None, "teams", lambda o: bool((o or {}).get("status", {}).get("pools"))
+        kc.POLICIES,
+        None,
+        "teams",
+        lambda o: (
+            [p.get("spendUSD") for p in (o or {}).get("status", {}).get("pools") or []] == [usage["spendUSD"]]
+        ),
     )
     pool = (policy or {})["status"]["pools"][0]
     assert pool["budget"] == "monthly" and pool["group"] == "payments"

@@ -43,6 +43,9 @@ class SlowBackend(base.Limiter):
     async def seed_usage(self, targets: list[base.SeedTarget], now: datetime) -> int:
         return 0
 
+    async def record_tallies(self, tallies: Sequence[base.Tally], now: datetime) -> None:
+        return None
+
     async def ping(self) -> bool:
         return True
 

@@ -40,3 +40,20 @@ def test_every_setting_is_documented() -> None:
             if f"LLMKEYS_{field.name.upper()}" not in README
         ]
         assert missing == [], f"{cls.__name__}: add {missing} to README.md's settings table"
+
+
+def test_every_documented_report_command_parses() -> None:
+    """Each question of README "Reports" names a command the `llmkeys report` parser accepts."""
+    import argparse
+    import shlex
+
+    from llmkeys_operator import report
+
+    section = README.split("### Reports", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\| [^|]+\? \| `(llmkeys report [^`]+)` \|$", section, flags=re.MULTILINE)
+    assert len(commands) == 7
+    parser = argparse.ArgumentParser(prog="llmkeys report", exit_on_error=False)
+    report.add_arguments(parser)
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[2:])
+        assert args.report in ("usage", "spikes", "limited", "near-caps", "inactive"), command

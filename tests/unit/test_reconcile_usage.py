@@ -69,6 +69,8 @@ def test_pool_usage_and_loss() -> None:
         "spendUSD": "1.2345",
         "tokens": 150,
         "capUSD": "100",
+        "lastUsedAt": "2026-05-07T08:09:10Z",
+        "history": [{"date": "2026-05-07", "requests": 1, "tokens": 15, "spendUSD": "0"}],
     }
     assert not usage_sync.pool_counters_lost([entry], pool, snapshot(3, 1))
     assert usage_sync.pool_counters_lost(
@@ -78,6 +80,62 @@ def test_pool_usage_and_loss() -> None:
             day=base.PeriodUsage(period="2026-05-07"), month=base.PeriodUsage(period="2026-05")
         ),
     )
+
+
+def test_refusals_and_breakdowns_from_tallies() -> None:
+    tallies = {
+        "r:rate_limit_exceeded": 4,
+        "r:model_not_allowed": 1,
+        "m:gpt-5.4-mini:q": 3,
+        "m:gpt-5.4-mini:t": 300,
+        "m:gpt-5.4-mini:u": 900,
+        "m:other:q": 1,
+        "m:other:t": 50,
+        "m:other:u": 5_000,
+        "p:llmkeys/mock:q": 4,
+        "p:llmkeys/mock:t": 350,
+        "p:llmkeys/mock:u": 5_900,
+    }
+    taken = base.UsageSnapshot(
+        day=snapshot(7, 2).day, month=snapshot(7, 2).month, day_tallies=tallies, month_tallies=tallies
+    )
+    month = usage_sync.usage_status(taken)["month"]
+    assert month["refusals"] == {"model_not_allowed": 1, "rate_limit_exceeded": 4}
+    assert month["byModel"] == [
+        {"name": "other", "requests": 1, "tokens": 50, "spendUSD": "0.005"},
+        {"name": "gpt-5.4-mini", "requests": 3, "tokens": 300, "spendUSD": "0.0009"},
+    ]
+    assert month["byProvider"] == [
+        {"name": "llmkeys/mock", "requests": 4, "tokens": 350, "spendUSD": "0.0059"}
+    ]
+
+
+def test_daily_history_keeps_31_days_and_finishes_yesterday() -> None:
+    shown = {
+        "history": [
+            {"date": f"2026-04-{day:02d}", "requests": day, "tokens": 10 * day, "spendUSD": "0"}
+            for day in range(1, 31)
+        ]
+        + [{"date": "2026-05-06", "requests": 1, "tokens": 1, "spendUSD": "0"}]
+    }
+    taken = base.UsageSnapshot(
+        day=base.PeriodUsage(period="2026-05-07", requests=2, input_tokens=20),
+        month=base.PeriodUsage(period="2026-05", requests=9),
+        previous_day=base.PeriodUsage(period="2026-05-06", requests=7, input_tokens=70, micro_usd=1_500_000),
+    )
+    days = usage_sync.usage_status(taken, shown)["history"]
+    # 31 UTC days end today: 2026-04-07 .. 2026-05-07 (days without use have no entry).
+    assert [d["date"] for d in days] == [f"2026-04-{day:02d}" for day in range(7, 31)] + [
+        "2026-05-06",
+        "2026-05-07",
+    ]
+    assert days[-1] == {
+        "date": "2026-05-07",
+        "requests": 2,
+        "tokens": 20,
+        "spendUSD": "0",
+    }
+    assert days[-2] == {"date": "2026-05-06", "requests": 7, "tokens": 70, "spendUSD": "1.5"}
 
 
 def test_limiter_url_puts_the_password_in() -> None:

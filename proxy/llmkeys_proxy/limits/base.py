@@ -108,6 +108,8 @@ class Decision:
     retry_after_s: float | None = None  # None: retrying will not help before the period ends
     exhausted: bool = False  # a budget/period cap, not a rolling window: send x-should-retry: false
     rate: RateState = field(default_factory=RateState)
+    #: The pool (or credential) that denied, when it was not the key itself.
+    scope_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +150,36 @@ class PeriodUsage:
 
 @dataclass(frozen=True, slots=True)
 class UsageSnapshot:
-    """Day and month usage of one key or pool."""
+    """Day and month usage of one key or pool, with the tallies of both periods and the day before
+    (still readable for a while after it closed, so its final numbers reach the daily history)."""
 
     day: PeriodUsage
     month: PeriodUsage
+    #: Tally field -> count, for the current day and month (see `Tally`).
+    day_tallies: dict[str, int] = field(default_factory=dict)
+    month_tallies: dict[str, int] = field(default_factory=dict)
+    previous_day: PeriodUsage | None = None
+
+
+#: Tally field prefixes: `r:<code>` refusals by error code; `m:<model>:<q|t|u>` and
+#: `p:<provider>:<q|t|u>` requests, tokens and micro-USD by (bounded) model name and by credential.
+TALLY_REFUSAL = "r:"
+TALLY_MODEL = "m:"
+TALLY_PROVIDER = "p:"
+#: Distinct fields one scope's tally hash may hold per period (a bound on status size and memory;
+#: the model names are already bounded to those the config knows).
+TALLY_FIELDS_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Counts to add to one key's (or pool's) tallies of the current UTC day and month: refusals by
+    code and usage by model and credential, for status and reports. Best effort, unlike limits:
+    recorded after the response, in one pipelined call per settlement batch."""
+
+    scope_id: str
+    counts: dict[str, int]
+    is_pool: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +245,12 @@ class Limiter(abc.ABC):
         """Write each seed whose period is current into counters that do not exist yet (a Redis
         restarted empty); existing counters are left alone, so nothing is counted twice.
         Returns how many counters were seeded. `reserve` and `settle` do the same lazily."""
+
+    @abc.abstractmethod
+    async def record_tallies(self, tallies: Sequence[Tally], now: datetime) -> None:
+        """Add each tally's counts to its scope's day and month tallies (created as needed, bounded
+        to `TALLY_FIELDS_MAX` fields; they expire like the period counters). Raises
+        LimiterUnavailable when the backend is down."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:

@@ -74,6 +74,7 @@ def pool_denial(pool_id: str, rate: base.RateState) -> base.Decision:
         message=f"Shared budget {pool_id} exhausted for this UTC month.",
         exhausted=True,
         rate=rate,
+        scope_id=pool_id,
     )
 
 
@@ -99,4 +100,5 @@ def provider_denial(
         retry_after_s=None if retry_ms == NO_RETRY else retry_ms / 1000,
         exhausted=retry_ms == NO_RETRY,
         rate=rate,
+        scope_id=provider_id,
     )

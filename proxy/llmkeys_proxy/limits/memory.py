@@ -12,7 +12,7 @@ import bisect
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from llmkeys_proxy import config
 from llmkeys_proxy.limits import base, decisions, periods
@@ -64,6 +64,29 @@ class _Scope:
     held_expiries: list[tuple[int, str]] = field(default_factory=list)
     settled: dict[str, int] = field(default_factory=dict)  # closed (settled/refunded) id -> expires ms
     settled_expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expires ms, id)
+    tallies: dict[str, tuple[int, dict[str, int]]] = field(
+        default_factory=dict
+    )  # period -> (expires ms, counts)
+
+    def tally(self, period: str, now_ms: int) -> dict[str, int]:
+        entry = self.tallies.get(period)
+        if entry is None or entry[0] <= now_ms:
+            return {}
+        return entry[1]
+
+    def add_tally(self, period: str, counts: dict[str, int], now_ms: int, ttl_s: int) -> None:
+        entry = self.tallies.get(period)
+        if entry is None or entry[0] <= now_ms:
+            for stale in [p for p, (expires, _) in self.tallies.items() if expires <= now_ms]:
+                del self.tallies[stale]
+            entry = (0, {})
+        current = entry[1]
+        for name, value in counts.items():
+            if name in current:
+                current[name] += value
+            elif len(current) < base.TALLY_FIELDS_MAX:
+                current[name] = value
+        self.tallies[period] = (now_ms + ttl_s * 1000, current)
 
     def counter(self, period: str, now_ms: int) -> _Counters | None:
         counters = self.counters.get(period)
@@ -333,13 +356,28 @@ class MemoryLimiter(base.Limiter):
         scopes = [(key_id, self._scopes.get(("k", key_id))) for key_id in key_ids]
         scopes += [(pool_id, self._scopes.get(("p", pool_id))) for pool_id in pool_ids]
         scopes += [(provider_id, self._scopes.get(("c", provider_id))) for provider_id in provider_ids]
+        yesterday = periods.day_id(periods.day_start(now) - timedelta(days=1))
         return {
             scope_id: base.UsageSnapshot(
                 day=_period_usage(day, None if scope is None else scope.counter(day, now_ms)),
                 month=_period_usage(month, None if scope is None else scope.counter(month, now_ms)),
+                day_tallies={} if scope is None else dict(scope.tally(day, now_ms)),
+                month_tallies={} if scope is None else dict(scope.tally(month, now_ms)),
+                previous_day=None
+                if scope is None or (previous := scope.counter(yesterday, now_ms)) is None
+                else _period_usage(yesterday, previous),
             )
             for scope_id, scope in scopes
         }
+
+    async def record_tallies(self, tallies: Sequence[base.Tally], now: datetime) -> None:
+        now_ms = periods.epoch_ms(now)
+        day, month = periods.day_id(now), periods.month_id(now)
+        day_ttl, month_ttl = periods.day_counter_ttl_s(now), periods.month_counter_ttl_s(now)
+        for tally in tallies:
+            scope = self._scope(tally.scope_id, is_pool=tally.is_pool)
+            scope.add_tally(day, tally.counts, now_ms, day_ttl)
+            scope.add_tally(month, tally.counts, now_ms, month_ttl)
 
     async def seed_usage(self, targets: list[base.SeedTarget], now: datetime) -> int:
         now_ms = periods.epoch_ms(now)

@@ -35,7 +35,7 @@ import secrets
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio
@@ -49,6 +49,8 @@ from llmkeys_proxy.limits import base, decisions, periods, resp
 logger = logging.getLogger("llmkeys.limits.redis")
 
 _USAGE_FIELDS = (b"req", b"in", b"cin", b"out", b"usd", b"last", b"stok")
+#: Replies per scope of `read_usage`: day, month, day tallies, month tallies, the day before.
+_READ_REPLIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ _RESERVE = _load_script("reserve.lua")
 _SETTLE = _load_script("settle.lua")
 _RELEASE = _load_script("release.lua")
 _SEED = _load_script("seed.lua")
+_TALLY = _load_script("tally.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +374,7 @@ class RedisLimiter(base.Limiter):
         self, key_ids: list[str], pool_ids: list[str], now: datetime, *, provider_ids: Sequence[str] = ()
     ) -> dict[str, base.UsageSnapshot]:
         day, month = periods.day_id(now), periods.month_id(now)
+        yesterday = periods.day_id(periods.day_start(now) - timedelta(days=1))
         scopes = [(key_id, self._base(key_id, is_pool=False)) for key_id in key_ids]
         scopes += [(pool_id, self._base(pool_id, is_pool=True)) for pool_id in pool_ids]
         scopes += [(provider_id, self._base(provider_id, is_provider=True)) for provider_id in provider_ids]
@@ -380,16 +384,47 @@ class RedisLimiter(base.Limiter):
                 for _, scope in scopes:
                     pipe.hmget(scope + "d:" + day, _USAGE_FIELDS)
                     pipe.hmget(scope + "m:" + month, _USAGE_FIELDS)
+                    pipe.hgetall(scope + "t:" + day)
+                    pipe.hgetall(scope + "t:" + month)
+                    pipe.hmget(scope + "d:" + yesterday, _USAGE_FIELDS)
                 replies: list[Any] = await pipe.execute()
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from exc
-        return {
-            scope_id: base.UsageSnapshot(
-                day=_period_usage(day, replies[2 * index]),
-                month=_period_usage(month, replies[2 * index + 1]),
+        snapshots = {}
+        for index, (scope_id, _) in enumerate(scopes):
+            at = _READ_REPLIES * index
+            previous = replies[at + 4]
+            snapshots[scope_id] = base.UsageSnapshot(
+                day=_period_usage(day, replies[at]),
+                month=_period_usage(month, replies[at + 1]),
+                day_tallies=_tallies(replies[at + 2]),
+                month_tallies=_tallies(replies[at + 3]),
+                previous_day=_period_usage(yesterday, previous) if any(previous) else None,
             )
-            for index, (scope_id, _) in enumerate(scopes)
-        }
+        return snapshots
+
+    async def record_tallies(self, tallies: Sequence[base.Tally], now: datetime) -> None:
+        if not tallies:
+            return
+        day, month = periods.day_id(now), periods.month_id(now)
+        day_ttl, month_ttl = periods.day_counter_ttl_s(now), periods.month_counter_ttl_s(now)
+        calls = []
+        for tally in tallies:
+            if not tally.counts:
+                continue
+            scope = self._base(tally.scope_id, is_pool=tally.is_pool)
+            pairs: list[str | int] = []
+            for name, count in tally.counts.items():
+                pairs += (name, count)
+            calls.append(
+                _Call(
+                    _TALLY,
+                    (scope + "t:" + day, scope + "t:" + month),
+                    (day_ttl, month_ttl, base.TALLY_FIELDS_MAX, *pairs),
+                )
+            )
+        if calls:
+            await self._run(calls)
 
     async def seed_usage(self, targets: list[base.SeedTarget], now: datetime) -> int:
         if not targets:
@@ -523,6 +558,16 @@ def _digest(value: str) -> str:
 def _unavailable(exc: BaseException) -> base.LimiterUnavailable:
     # The type only: redis error texts can carry host names; never credentials, but keep it terse.
     return base.LimiterUnavailable(f"limiter backend failed: {type(exc).__name__}")
+
+
+def _tallies(reply: dict[bytes, bytes]) -> dict[str, int]:
+    tallies = {}
+    for name, value in reply.items():
+        try:
+            tallies[name.decode()] = int(value)
+        except (UnicodeDecodeError, ValueError):
+            continue
+    return tallies
 
 
 def _period_usage(period: str, values: list[bytes | None]) -> base.PeriodUsage:
