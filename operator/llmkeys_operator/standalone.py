@@ -405,6 +405,8 @@ class WorkerSpec:
     log_level: str
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    #: The worker's own audit file chain (proxy-w<N>).
+    audit_file_stream: str | None = None
 
 
 def serve_worker(spec: WorkerSpec, ready: multiprocessing.queues.Queue[int]) -> None:
@@ -428,6 +430,7 @@ def serve_worker(spec: WorkerSpec, ready: multiprocessing.queues.Queue[int]) -> 
             reuse_port=True,
             tls_cert_file=spec.tls_cert_file,
             tls_key_file=spec.tls_key_file,
+            audit_file_stream=spec.audit_file_stream,
         )
 
     server.run_event_loop(main())
@@ -443,7 +446,11 @@ async def _serve_workers(
     ready_queue: multiprocessing.queues.Queue[int] = context.Queue()
     with server.shared_metrics_dir():
         children = [
-            context.Process(target=serve_worker, args=(spec, ready_queue), name=f"llmkeys-serve-{n}")
+            context.Process(
+                target=serve_worker,
+                args=(dataclasses.replace(spec, audit_file_stream=f"proxy-w{n}"), ready_queue),
+                name=f"llmkeys-serve-{n}",
+            )
             for n in range(workers)
         ]
         for child in children:

@@ -9,6 +9,7 @@ Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployme
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from llmkeys_proxy import (
+    audit_sinks,
     auth,
     errors,
     metrics,
@@ -210,7 +212,13 @@ def create_app(
         limiter=limiter,
         metrics=proxy_metrics,
         prices=price_table,
-        settler=settlement.Settler(limiter, proxy_metrics, price_table),
+        settler=settlement.Settler(
+            limiter,
+            proxy_metrics,
+            price_table,
+            audit_sinks.build_trail(proxy_settings, on_drop=proxy_metrics.count_audit_drop),
+            proxy_settings.audit_content_max_bytes,
+        ),
     )
     app = web.Application(client_max_size=proxy_settings.max_body_bytes)
     app[STATE] = state
@@ -238,5 +246,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         # aiohttp runs this after the server stopped and in-flight handlers finished.
         await state.source.stop()
         await state.settler.close()
+        await asyncio.to_thread(state.settler.trail.close)  # flush every audit sink
         await state.close_adapters()
         await state.limiter.close()

@@ -37,6 +37,7 @@ ProviderType = Literal[
     "mock",
 ]
 LimiterFailureMode = Literal["Reject", "Allow"]
+AuditLevel = Literal["none", "metadata", "content"]
 
 
 def summarise_validation_error(exc: ValidationError, limit: int = 3) -> str:
@@ -63,6 +64,16 @@ class Limits(_Model):
     tokens_per_month: int | None = Field(default=None, ge=0)
     spend_per_month_micro_usd: int | None = Field(default=None, ge=0)
     max_tokens_per_request: int | None = Field(default=None, ge=0)
+
+
+class KeyAudit(_Model):
+    """A key's effective audit policy (LLMPolicy.spec.audit and VirtualKey.spec.audit, compiled)."""
+
+    level: AuditLevel = "metadata"
+    #: Gateway sinks (stdout, file, otlp) the key's records go to; empty: every configured sink.
+    sinks: tuple[str, ...] = ()
+    #: Days the key's records are kept by the file sink (None: the gateway's default).
+    retain_days: int | None = Field(default=None, ge=1)
 
 
 class SecretHash(_Model):
@@ -117,6 +128,7 @@ class KeyEntry(_Model):
     on_limiter_unavailable: LimiterFailureMode = "Reject"
     month_usage_seed: UsageSeed | None = None
     day_usage_seed: UsageSeed | None = None
+    audit: KeyAudit = KeyAudit()
 
     def model_allowed(self, model: str) -> bool:
         """Every allowlist admits the model and no denied glob matches it."""

@@ -167,6 +167,12 @@ class ProxyMetrics:
         self.config_keys = prometheus_client.Gauge(
             "llmkeys_config_keys", "Virtual keys in the loaded config.", registry=r, multiprocess_mode="max"
         )
+        self.audit_dropped = prometheus_client.Counter(
+            "llmkeys_audit_dropped",
+            "Audit records a sink lost (its queue was full or its write failed), by sink.",
+            ("sink",),
+            registry=r,
+        )
         self.key_info = KeyInfo()
         self.models = ModelNames()
         self._request_children: dict[tuple[str, ...], prometheus_client.Counter] = {}
@@ -213,6 +219,10 @@ class ProxyMetrics:
             for child, value in zip(children, (*tokens, micro_usd), strict=True):
                 if value:
                     child.inc(value)
+
+    def count_audit_drop(self, sink: str, count: int) -> None:
+        """`on_drop` of the audit sinks (called from their threads; prometheus-client is thread-safe)."""
+        self.audit_dropped.labels(sink).inc(count)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text (summed over workers in multiprocess mode, plus this process's key

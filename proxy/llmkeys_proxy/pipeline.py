@@ -311,6 +311,8 @@ async def _proxy(
     key = auth.authenticate(table.keys, presented, outcome.time)
     outcome.key = key
     body = await read_body(request, state.settings.max_body_bytes)
+    if key.audit.level == "content":
+        outcome.prompt_body = body
     payload = parse_json_object(body)
     model = path_model or payload.get("model")
     if not isinstance(model, str) or not model:
@@ -505,6 +507,8 @@ async def _whole(
     finally:
         upstream.close()
     status = upstream.status
+    if outcome.prompt_body is not None:
+        outcome.completion_body = data
     if not 200 <= status < 300:
         return _upstream_failure(upstream, data, adapter, route, outcome)
     counts = adapter.response_usage(call, upstream, data)
@@ -624,11 +628,16 @@ async def _stream(
         response.headers.update(outcome.rate_headers)
     outcome.status = upstream.status
     meter = adapter.stream_meter(call, hide)
+    # Audit level content: keep the start of what the client got (the settler cuts and scrubs it).
+    capture = bytearray() if outcome.prompt_body is not None else None
+    capture_max = request.app[STATE].settings.audit_content_max_bytes + 256
     try:
         await response.prepare(request)
         async for chunk in upstream.iter_chunks():
             out = meter.feed(chunk)
             if out:
+                if capture is not None and len(capture) < capture_max:
+                    capture += out
                 await response.write(out)
         tail = meter.finish()
         if tail:
@@ -647,6 +656,8 @@ async def _stream(
         outcome.upstream_error = "proxy_error"
     finally:
         upstream.close()
+        if capture is not None:
+            outcome.completion_body = bytes(capture)
         outcome.upstream_error = outcome.upstream_error or upstream.error
         if prompt_tokens is None and (meter.usage is None or not meter.complete):
             prompt_tokens = _prompt_tokens(None, call, outcome)

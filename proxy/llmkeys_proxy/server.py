@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import importlib
 import logging
@@ -301,11 +302,13 @@ async def serve_directory(
     tls_cert_file: str | None = None,
     tls_key_file: str | None = None,
     on_limiter: Callable[[limits_base.Limiter], None] | None = None,
+    audit_file_stream: str | None = None,
 ) -> None:
     """Serve the compiled config in `config_dir` (standalone mode) until `stop` is set; `ready` is
     set and `on_ready()` called once listening and the first config is loaded. `reuse_port`: one of
-    several processes sharing the port (`llmkeys serve --workers`). `on_limiter` is given the
-    limiter the proxy counts with (standalone mode reads usage from it for its status files)."""
+    several processes sharing the port (`llmkeys serve --workers`), each with its own
+    `audit_file_stream`. `on_limiter` is given the limiter the proxy counts with (standalone mode
+    reads usage from it for its status files)."""
     from llmkeys_proxy import app as proxy_app
 
     proxy_settings = settings.ProxySettings.from_env(
@@ -317,6 +320,7 @@ async def serve_directory(
         redis_url=redis_url or None,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_key_file,
+        audit_file_stream=audit_file_stream,
     )
     preload_encodings(proxy_settings)
     source = sources.DirectorySource(config_dir, reload_interval_s)
@@ -342,6 +346,11 @@ async def serve_directory(
             on_ready=listening,
             ssl_context=ssl_context,
         )
+
+
+def worker_settings(proxy_settings: settings.ProxySettings, n: int) -> settings.ProxySettings:
+    """Worker `n`'s settings: its own audit file chain (two processes must not share one)."""
+    return dataclasses.replace(proxy_settings, audit_file_stream=f"{proxy_settings.audit_file_stream}-w{n}")
 
 
 def _worker(proxy_settings: settings.ProxySettings) -> None:
@@ -388,7 +397,12 @@ def _run_workers(proxy_settings: settings.ProxySettings) -> int:
     preload_encodings(proxy_settings)
     context = multiprocessing.get_context("fork")
     children = [
-        context.Process(target=_worker, args=(proxy_settings,), name=f"llmkeys-proxy-{n}", daemon=False)
+        context.Process(
+            target=_worker,
+            args=(worker_settings(proxy_settings, n),),
+            name=f"llmkeys-proxy-{n}",
+            daemon=False,
+        )
         for n in range(proxy_settings.workers)
     ]
     stopping = False

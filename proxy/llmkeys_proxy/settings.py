@@ -51,6 +51,20 @@ class ProxySettings:
     #: HTTP). Rotated files are picked up without a restart.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    #: Audit sinks records go to (comma list of stdout, file, otlp; `none` for no sink).
+    audit_sinks: tuple[str, ...] = ("stdout",)
+    #: Records each sink may hold in memory when it falls behind; more are dropped and counted.
+    audit_queue_size: int = 10_000
+    #: Directory of the hash-chained audit files (the `file` sink).
+    audit_file_dir: str | None = None
+    #: This process's chain in the directory (workers add -w<N>; replicas should set their pod name).
+    audit_file_stream: str = "proxy"
+    #: A file is rotated when it would grow past this size (and at each UTC day).
+    audit_file_max_bytes: int = 64 * 1024 * 1024
+    #: Days files are kept when their records name no longer retention (a key's retainDays).
+    audit_file_retain_days: int = 90
+    #: Bytes of request and response body kept per record at level `content`.
+    audit_content_max_bytes: int = 16 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:
@@ -75,6 +89,21 @@ class ProxySettings:
                 "LLMKEYS_TLS_CERT_FILE and LLMKEYS_TLS_KEY_FILE go together: set both (TLS) or neither"
             )
         check_redis_url(self.redis_url)
+        check_audit(self)
+
+
+def check_audit(values: Any) -> None:
+    """The audit settings (shared by the proxy's and the operator's settings)."""
+    sinks = tuple(s for s in values.audit_sinks if s != "none")
+    for name in sinks:
+        if name not in ("stdout", "file"):
+            raise ValueError(f"LLMKEYS_AUDIT_SINKS: unknown sink {name!r} (stdout, file or none)")
+    if "file" in sinks and not values.audit_file_dir:
+        raise ValueError("LLMKEYS_AUDIT_FILE_DIR is required with the file audit sink")
+    if values.audit_queue_size < 1:
+        raise ValueError("LLMKEYS_AUDIT_QUEUE_SIZE must be at least 1")
+    if values.audit_file_retain_days < 1:
+        raise ValueError("LLMKEYS_AUDIT_FILE_RETAIN_DAYS must be at least 1")
 
 
 def read_env(

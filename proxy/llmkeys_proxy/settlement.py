@@ -9,13 +9,12 @@ finished) drains everything still queued, so a graceful shutdown never loses a s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
 
-from llmkeys_proxy import audit, config, errors, metrics, pricing, usage
+from llmkeys_proxy import audit, audit_sinks, config, errors, metrics, pricing, usage
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.settlement")
@@ -52,6 +51,9 @@ class Outcome:
     rate_headers: dict[str, str] | None = None
     #: The pool (or credential) whose limit refused the request, when not the key's own.
     denied_scope: str | None = None
+    #: Audit level `content` only: the request body and (the start of) the response body.
+    prompt_body: bytes | None = None
+    completion_body: bytes | None = None
 
 
 #: Refusals tallied per key (and pool) for status and reports: the proxy's own 4xx answers about
@@ -95,15 +97,24 @@ def tallies_of(outcome: Outcome, model: str, micro_usd: int) -> list[limits_base
 BATCH_WINDOW_S = 0.005
 #: A batch this large is settled at once, without waiting.
 BATCH_MAX = 64
+#: The audit policy of a request no key could be found for (unknown key, config not loaded).
+_KEYLESS_AUDIT = config.KeyAudit()
 
 
 class Settler:
     """The one background worker that settles outcomes (see module docstring)."""
 
     def __init__(
-        self, limiter: limits_base.Limiter, proxy_metrics: metrics.ProxyMetrics, prices: pricing.PriceTable
+        self,
+        limiter: limits_base.Limiter,
+        proxy_metrics: metrics.ProxyMetrics,
+        prices: pricing.PriceTable,
+        trail: audit_sinks.AuditTrail | None = None,
+        content_max_bytes: int = 16 * 1024,
     ) -> None:
         self._limiter = limiter
+        self.trail = trail or audit_sinks.AuditTrail()
+        self._content_max_bytes = content_max_bytes
         self._metrics = proxy_metrics
         self._prices = prices
         self._queue: list[Outcome] = []
@@ -131,12 +142,15 @@ class Settler:
     def pending(self) -> int:
         return len(self._queue)
 
-    async def drain(self) -> None:
-        """Wait until everything submitted so far is processed (tests, shutdown)."""
+    async def drain(self, audit_timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far is processed and its audit records are written
+        (tests)."""
         while self._queue or self._wakeup.is_set():
             await asyncio.sleep(0.005)
         # The worker may still be inside the last batch.
         await asyncio.sleep(0)
+        if self.trail.sinks:
+            await asyncio.to_thread(self.trail.flush, audit_timeout)
 
     async def close(self) -> None:
         """Process everything queued, then stop the worker."""
@@ -237,7 +251,11 @@ class Settler:
             )
             if outcome.usage_source == "estimate":
                 self._metrics.estimated_usage.labels(provider_id).inc()
-        if not audit.enabled():
+        trail = self.trail
+        if not trail.sinks:
+            return
+        policy = key.audit if key is not None else _KEYLESS_AUDIT
+        if policy.level == "none":
             return
         record = audit.AuditRecord(
             time=outcome.time,
@@ -261,6 +279,8 @@ class Settler:
             limiter_bypassed=outcome.limiter_bypassed,
             client_disconnected=outcome.client_disconnected,
             upstream_error=outcome.upstream_error,
+            level=policy.level,
+            retain_days=policy.retain_days,
         )
         if counts is not None:
             record.input_tokens = counts.input_tokens
@@ -268,8 +288,19 @@ class Settler:
             record.cache_write_tokens = counts.cache_write_tokens
             record.output_tokens = counts.output_tokens
             record.reasoning_tokens = counts.reasoning_tokens
-        with contextlib.suppress(Exception):  # a broken log handler must not stop settlement
-            audit.write(record)
+        if policy.level == "content":
+            cap = self._content_max_bytes
+            secrets = _secret_values(outcome.provider)
+            record.prompt = audit.content_text(outcome.prompt_body, cap, secrets)
+            record.completion = audit.content_text(outcome.completion_body, cap, secrets)
+        trail.write(record, policy.sinks)
+
+
+def _secret_values(provider: config.ProviderEntry | None) -> tuple[bytes, ...]:
+    if provider is None:
+        return ()
+    values = [provider.api_key, *provider.secret_fields.values()]
+    return tuple(v.encode() for v in values if v and len(v) >= 8)
 
 
 def _actual(counts: usage.TokenCounts, micro_usd: int) -> limits_base.ActualUsage:
