@@ -556,6 +556,40 @@ class Approval(ApiModel):
     """Whether an approver may approve a key they created or own."""
 
 
+class WebhookSpec(ApiModel):
+    """Where alert notifications go: a URL kept in a Secret of the gateway namespace."""
+
+    url_secret_ref: SecretKeyRef = Field(alias="urlSecretRef")
+    """The Secret key holding the webhook URL (e.g. a Slack incoming-webhook URL; never shown)."""
+    format: Literal["generic", "slack"] = "generic"
+    """generic: a JSON object describing the alert; slack: Slack's {"text": ...} message."""
+
+
+class Alerts(ApiModel):
+    """Budget and expiry alerts for the keys and pools a policy governs."""
+
+    thresholds: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [80, 100], max_length=10, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Percentages of each monthly cap (spendPerMonthUSD, tokensPerMonth; keys and pools) that raise
+    an alert: one Event (and one notification) per threshold per UTC month."""
+    expiry_warning: Duration | None = None
+    """Warn this long before a key expires, e.g. 7d (one Event and notification per expiry)."""
+    webhook: WebhookSpec | None = None
+    """Optional notifications to a webhook."""
+
+
+class Inactivity(ApiModel):
+    """Hygiene for keys nobody uses."""
+
+    warn_after: Duration | None = None
+    """Unused this long (since last use, or creation when never used): a Warning Event and the
+    condition Idle."""
+    suspend_after: Duration | None = None
+    """Unused this long: Ready=False with reason Inactive, refused by the proxy (key_inactive) until
+    reactivated with the annotation llmkeys.io/reactivated-at (the operator never writes spec)."""
+
+
 class LLMPolicySpec(ApiModel):
     """Guardrails for the keys a policy selects. Every selecting policy applies."""
 
@@ -603,6 +637,23 @@ class LLMPolicySpec(ApiModel):
     the admission webhook)."""
     approval: Approval | None = None
     """Approval required before selected keys work, and who may give it."""
+    alerts: Alerts | None = None
+    """Budget thresholds and expiry warnings for the selected keys and the policy's pools."""
+    inactivity: Inactivity | None = None
+    """Warn about, then suspend, selected keys unused for a while (the shortest period wins)."""
+
+
+class AlertState(ApiModel):
+    """Alerts already raised, so each is raised once per period (also across operator restarts)."""
+
+    period: str | None = Field(default=None, max_length=7)
+    """The UTC month (YYYY-MM) the thresholds below were reached in."""
+    thresholds: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=list, max_length=10)
+    """Thresholds (percent of a monthly cap) reached and announced in that month."""
+    expiry_warned: datetime | None = None
+    """The expiry an expiry warning was raised for."""
+    idle_warned: datetime | None = None
+    """The last use (or creation) an inactivity warning was raised for."""
 
 
 class PoolUsage(ApiModel):
@@ -628,6 +679,8 @@ class PoolUsage(ApiModel):
     """Requests refused this month because the pool was exhausted, by error code."""
     history: list[DailyUsage] = Field(default_factory=list, max_length=HISTORY_DAYS)
     """The last 31 UTC days with use (oldest first), today included."""
+    alerts: AlertState | None = None
+    """Budget thresholds already announced for this pool."""
 
 
 class LLMPolicyStatus(ApiModel):
@@ -780,6 +833,8 @@ class VirtualKeyStatus(ApiModel):
     """Who created the key, as the admission webhook stamped it (annotation llmkeys.io/created-by)."""
     approval: ApprovalStatus | None = None
     """Approval state when an applying LLMPolicy requires approval."""
+    alerts: AlertState | None = None
+    """Alerts already raised for this key (budget thresholds, expiry, inactivity)."""
 
 
 # ----------------------------------------------------------------------------------- resources

@@ -23,12 +23,13 @@ Output is sorted so the stored config only changes when its content does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
@@ -44,6 +45,7 @@ KeyReason = Literal[
     "NoUsableModels",
     "PendingApproval",
     "ApprovalDenied",
+    "Inactive",
 ]
 CredentialReason = Literal["Ready", "SecretMissing", "SecretKeyMissing", "NotInGatewayNamespace"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -78,6 +80,63 @@ class ConditionContent:
     message: str
 
 
+#: Annotation a person sets on a VirtualKey to reactivate it after inactivity (RFC 3339 time; it
+#: counts as a use). Metadata, not spec: the operator never writes either.
+REACTIVATED_AT_ANNOTATION = "llmkeys.io/reactivated-at"
+
+
+@dataclasses.dataclass(frozen=True)
+class Idleness:
+    """A key's inactivity: unused since `since`; warned at `warn_at`, suspended at `inactive_at`."""
+
+    since: datetime
+    warn_at: datetime | None
+    inactive_at: datetime | None
+
+
+def last_activity(virtual_key: api.VirtualKey, issued: IssuedKey | None) -> datetime | None:
+    """The latest of: last use (status), creation (or issue), the reactivated-at annotation."""
+    candidates = [virtual_key.metadata.creation_timestamp or (issued.issued_at if issued else None)]
+    usage = virtual_key.status.usage if virtual_key.status is not None else None
+    if usage is not None:
+        candidates += [usage.last_used_at]
+        candidates += [period.last_used_at for period in (usage.day, usage.month) if period is not None]
+    stamp = virtual_key.metadata.annotations.get(REACTIVATED_AT_ANNOTATION)
+    if stamp:
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            candidates.append(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    known = [at if at.tzinfo else at.replace(tzinfo=UTC) for at in candidates if at is not None]
+    return max(known, default=None)
+
+
+def idleness(
+    virtual_key: api.VirtualKey, policies: Sequence[api.LLMPolicy], issued: IssuedKey | None
+) -> Idleness | None:
+    """The key's inactivity under the shortest warnAfter / suspendAfter of its policies, if any."""
+    warn: list[timedelta] = []
+    suspend: list[timedelta] = []
+    for policy in policies:
+        rules = policy.spec.inactivity
+        if rules is None:
+            continue
+        with contextlib.suppress(ValueError):
+            if rules.warn_after:
+                warn.append(durations.parse_duration(rules.warn_after))
+            if rules.suspend_after:
+                suspend.append(durations.parse_duration(rules.suspend_after))
+    if not warn and not suspend:
+        return None
+    since = last_activity(virtual_key, issued)
+    if since is None:
+        return None
+    return Idleness(
+        since=since,
+        warn_at=since + min(warn) if warn else None,
+        inactive_at=since + min(suspend) if suspend else None,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyOutcome:
     """The state of one VirtualKey after compilation, for its status."""
@@ -94,6 +153,8 @@ class KeyOutcome:
     policies: list[str]
     #: Whether the key is in the compiled config (it is once issued).
     emitted: bool = False
+    #: Since when the key is unused, and when that warns and suspends it (LLMPolicy inactivity).
+    idle: Idleness | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,11 +429,19 @@ def _compile_key(
     )
 
     violation = "; ".join(violations) or None
+    idle = idleness(virtual_key, policies, issued)
     reason: KeyReason
     if spec.suspended:
         reason, message = "Suspended", "suspended (spec.suspended is true)"
     elif expires_at is not None and expires_at <= now:
         reason, message = "Expired", f"expired at {_format_time(expires_at)}"
+    elif idle is not None and idle.inactive_at is not None and idle.inactive_at <= now:
+        reason = "Inactive"
+        message = (
+            f"unused since {_format_time(idle.since)}: suspended by LLMPolicy inactivity.suspendAfter; "
+            f"reactivate with: kubectl annotate vk {virtual_key.metadata.name} "
+            f"{REACTIVATED_AT_ANNOTATION}=$(date -u +%FT%TZ) --overwrite"
+        )
     elif violation is not None:
         reason, message = "PolicyViolation", violation
     elif not models:
@@ -406,6 +475,7 @@ def _compile_key(
         conditions=(ConditionContent("Ready", "True" if ready else "False", reason, message), compliant),
         policies=policy_names,
         emitted=issued is not None,
+        idle=idle,
     )
     if issued is None:
         return _CompiledKey(entry=None, outcome=outcome, pools=tuple(pools))
@@ -424,6 +494,7 @@ def _compile_key(
         default_output_reservation=reservation,
         expires_at=expires_at,
         suspended=spec.suspended,
+        inactive=reason == "Inactive",
         policy_violation=violation,
         pools=pool_ids,
         on_limiter_unavailable=on_unavailable,

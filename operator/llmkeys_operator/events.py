@@ -80,11 +80,13 @@ class EventRecorder:
                 await self._task
             self._task = None
 
-    def record(self, ref: ObjectReference, type_: str, reason: str, message: str) -> bool:
-        """Queue an Event unless one with this reason was recorded for the object recently, or
-        the global budget is spent. Returns whether it was queued."""
+    def record(
+        self, ref: ObjectReference, type_: str, reason: str, message: str, *, instance: str = ""
+    ) -> bool:
+        """Queue an Event unless one with this reason (and `instance`, e.g. a threshold) was recorded
+        for the object recently, or the global budget is spent. Returns whether it was queued."""
         now = time.monotonic()
-        key = (ref.uid or f"{ref.namespace}/{ref.name}", ref.kind, reason)
+        key = (ref.uid or f"{ref.namespace}/{ref.name}", ref.kind, reason + instance)
         last = self._last.get(key)
         if last is not None and now - last < self._min_interval_s:
             return False

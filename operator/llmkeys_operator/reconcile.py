@@ -30,7 +30,7 @@ from typing import Any
 
 import pydantic
 
-from llmkeys_operator import api, compile, durations, events, keysecret, kube, settings
+from llmkeys_operator import api, compile, durations, events, keysecret, kube, notifier, settings
 from llmkeys_proxy import config, keys
 
 logger = logging.getLogger("llmkeys.operator")
@@ -231,6 +231,10 @@ class ReconcileContext:
     kube: kube.KubeClient
     events: events.EventRecorder
     indexes: Indexes | None = None
+    #: Alert notifications to webhooks (None: none are sent).
+    notifier: notifier.Notifier | None = None
+    #: Alert state this process last wrote per key/pool, until the watch shows it in status.
+    alert_states: dict[Any, dict[str, Any]] = dataclasses.field(default_factory=dict)
     publish_requested: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     #: Conflicting Secrets found by reconcile_key_secret: VirtualKey ref -> message.
     secret_conflicts: dict[ObjectRef, str] = dataclasses.field(default_factory=dict)
@@ -699,6 +703,7 @@ def key_status(
             "SecretReady", "False", "Pending", "the key Secret is being written"
         )
     contents = [ready, *outcome.conditions[1:], secret_condition]
+    contents += watch_conditions(entry.raw_status.get("alerts"), outcome, now)
     effective = (
         outcome.effective.model_dump(mode="json", by_alias=True, exclude_none=True)
         if outcome.effective is not None
@@ -714,6 +719,43 @@ def key_status(
         "rotatedAt": format_time(rotated_at) if rotated_at is not None else entry.raw_status.get("rotatedAt"),
         "effective": effective,
     }
+
+
+def watch_conditions(
+    alert_state: Any, outcome: compile.KeyOutcome, now: datetime
+) -> list[compile.ConditionContent]:
+    """BudgetAlert (from the alert state usage sync recorded) and Idle (LLMPolicy inactivity), each
+    present only when a selecting policy asks for it."""
+    contents = []
+    if isinstance(alert_state, Mapping) and "period" in alert_state:
+        current = now.strftime("%Y-%m")
+        reached = alert_state.get("thresholds") or []
+        if alert_state.get("period") == current and reached:
+            contents.append(
+                compile.ConditionContent(
+                    "BudgetAlert",
+                    "True",
+                    "ThresholdReached",
+                    f"reached {max(reached)}% of a monthly cap in {current}",
+                )
+            )
+        else:
+            contents.append(
+                compile.ConditionContent(
+                    "BudgetAlert", "False", "BelowThresholds", f"no threshold reached in {current}"
+                )
+            )
+    idle = outcome.idle
+    if idle is not None and idle.warn_at is not None:
+        since = format_time(idle.since)
+        if idle.warn_at <= now:
+            until = f"; suspended at {format_time(idle.inactive_at)}" if idle.inactive_at is not None else ""
+            contents.append(
+                compile.ConditionContent("Idle", "True", "Unused", f"unused since {since}{until}")
+            )
+        else:
+            contents.append(compile.ConditionContent("Idle", "False", "InUse", f"last activity {since}"))
+    return contents
 
 
 def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -767,8 +809,20 @@ async def write_key_statuses(
         )
         _update_deadline(ctx, ref, entry.model, outcome, issued, now)
         before = (entry.raw_status.get("conditions") or [{}])[0]
+        was_idle = _condition_status(entry.raw_status.get("conditions"), "Idle")
         if await _patch_status(ctx, kube.VIRTUALKEYS, ref, entry.raw_status, desired):
             _record_transition(ctx, entry, before, desired["conditions"][0])
+            idle = [c for c in desired["conditions"] if c["type"] == "Idle"]
+            if entry.model is not None and idle and idle[0]["status"] == "True" and was_idle != "True":
+                ctx.events.record(_vk_ref(entry.model), "Warning", "Idle", idle[0]["message"])
+
+
+def _condition_status(conditions: Any, type_: str) -> str | None:
+    for condition in conditions or []:
+        if isinstance(condition, Mapping) and condition.get("type") == type_:
+            status = condition.get("status")
+            return str(status) if status is not None else None
+    return None
 
 
 def _record_transition(
@@ -782,6 +836,7 @@ def _record_transition(
         "Suspended": ("Normal", "Suspended"),
         "Expired": ("Normal", "Expired"),
         "PolicyViolation": ("Warning", "PolicyViolation"),
+        "Inactive": ("Warning", "Inactive"),
         "NoUsableModels": ("Warning", "NoUsableModels"),
         "InvalidSpec": ("Warning", "InvalidSpec"),
     }
@@ -814,10 +869,14 @@ def next_deadline(
     now: datetime,
 ) -> datetime | None:
     """The earliest future instant the key's state changes without any API write: its expiry, the
-    end of a rotation grace period, or its next interval rotation."""
+    end of a rotation grace period, its next interval rotation, or its inactivity warning and
+    suspension."""
     candidates = []
     if outcome is not None and outcome.expires_at is not None and outcome.expires_at > now:
         candidates.append(outcome.expires_at)
+    if outcome is not None and outcome.idle is not None:
+        idle = outcome.idle
+        candidates += [at for at in (idle.warn_at, idle.inactive_at) if at is not None and at > now]
     if issued is not None:
         candidates += [h.not_after for h in issued.hashes if h.not_after is not None and h.not_after > now]
         if vk is not None and vk.spec.rotation_interval:

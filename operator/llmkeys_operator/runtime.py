@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from llmkeys_operator import events, kube, reconcile, settings, usage_sync
+from llmkeys_operator import events, kube, notifier, reconcile, settings, usage_sync
 from llmkeys_proxy.limits import base
 
 logger = logging.getLogger("llmkeys.operator")
@@ -61,7 +61,11 @@ async def start(runtime: OperatorRuntime, indices: Mapping[str, Any]) -> None:
     recorder = events.EventRecorder(client, min_interval_s=runtime.settings.event_min_interval_s)
     recorder.start()
     indexes = reconcile.Indexes(**{field: indices[handler] for handler, field in INDEX_HANDLERS.items()})
-    ctx = reconcile.ReconcileContext(settings=runtime.settings, kube=client, events=recorder, indexes=indexes)
+    alert_sender = notifier.Notifier()
+    alert_sender.start()
+    ctx = reconcile.ReconcileContext(
+        settings=runtime.settings, kube=client, events=recorder, indexes=indexes, notifier=alert_sender
+    )
     runtime.ctx = ctx
     runtime.tasks.append(asyncio.create_task(reconcile.run_publisher(ctx), name="llmkeys-publisher"))
     runtime.tasks.append(asyncio.create_task(run_deadlines(ctx), name="llmkeys-deadlines"))
@@ -86,6 +90,8 @@ async def stop(runtime: OperatorRuntime) -> None:
     runtime.tasks.clear()
     if runtime.ctx is not None:
         await runtime.ctx.events.stop()
+        if runtime.ctx.notifier is not None:
+            await runtime.ctx.notifier.stop()
         await runtime.ctx.kube.close()
     if runtime.limiter is not None:
         await runtime.limiter.close()

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmkeys_operator import api, compile, kube, reconcile
+from llmkeys_operator import alerts, api, compile, events, kube, notifier, reconcile
 from llmkeys_proxy import config
 from llmkeys_proxy.limits import base
 
@@ -268,22 +268,30 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
                 base.SeedTarget(scope_id=entry.key_id, month=entry.month_usage_seed, day=entry.day_usage_seed)
             )
             continue
-        if (
+        never_used = (
             current is None
             and snapshot.month.requests == 0
             and snapshot.day.requests == 0
             and not snapshot.month_tallies
-        ):
-            continue  # never used: no need to write zeros into every key
+        )
         desired = usage_status(snapshot, current)
-        if current is not None and _canonical(current) == _canonical(desired):
+        changes: dict[str, Any] = {}
+        if not never_used and (current is None or _canonical(current) != _canonical(desired)):
+            changes["usage"] = desired  # (never used: no need to write zeros into every key)
+        reached = _key_alerts(ctx, result, ref, indexed, snapshot, now)
+        if reached is not None:
+            changes["alerts"] = reached.state
+        if not changes:
             continue
-        key_patch: dict[str, Any] = {"status": {"usage": desired}}
+        key_patch: dict[str, Any] = {"status": changes}
         if (
             await ctx.kube.patch(kube.VIRTUALKEYS, ref[0], ref[1], key_patch, subresource="status")
             is not None
         ):
             report.keys_patched += 1
+            if reached is not None:  # recorded: now raise each alert once
+                ctx.alert_states[("vk", ref)] = reached.state
+                _raise_key_alerts(ctx, result, ref, indexed, entry.key_id, snapshot, reached)
 
     for name, outcome in sorted(result.policies.items()):
         if not outcome.pools or name not in ctx.indexes.policies:
@@ -297,20 +305,50 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
         shown = shown_status.get("pools") or []
         shown_by_pool = {(entry.get("budget"), entry.get("group")): entry for entry in shown}
         desired_pools = []
+        raised: list[
+            tuple[config.PoolEntry, base.UsageSnapshot, alerts.Reached, float, alerts.AlertRules]
+        ] = []
         for pool_id in outcome.pools:
             pool, snapshot = pools.get(pool_id), snapshots.get(pool_id)
             if pool is None or snapshot is None:
                 continue
             if pool_counters_lost(shown, pool, snapshot):
                 seeds.append(base.SeedTarget(scope_id=pool_id, is_pool=True, month=pool.month_usage_seed))
-            desired_pools.append(
-                pool_usage(pool, snapshot, shown_by_pool.get((pool.budget, pool.group_value)))
+            shown_pool = shown_by_pool.get((pool.budget, pool.group_value)) or {}
+            entry_json = pool_usage(pool, snapshot, shown_pool)
+            rules = alerts.rules_for([policy])
+            reached_pool = None
+            if rules is not None:
+                used = alerts.pool_usage_percent(
+                    pool.spend_per_month_micro_usd,
+                    pool.tokens_per_month,
+                    snapshot.month.micro_usd,
+                    snapshot.month.total_tokens,
+                )
+                reached_pool = alerts.evaluate(
+                    ctx.alert_states.get(("pool", pool.id)) or shown_pool.get("alerts"),
+                    snapshot.month.period,
+                    used,
+                    rules.thresholds,
+                )
+                if reached_pool is not None:
+                    raised.append((pool, snapshot, reached_pool, used or 0.0, rules))
+            state = (
+                reached_pool.state
+                if reached_pool is not None
+                else ctx.alert_states.get(("pool", pool.id)) or shown_pool.get("alerts")
             )
+            if state:
+                entry_json["alerts"] = state
+            desired_pools.append(entry_json)
         if any(seed.is_pool for seed in seeds) or _canonical(shown) == _canonical(desired_pools):
             continue
         patch: dict[str, Any] = {"status": {"pools": desired_pools}}
         if await ctx.kube.patch(kube.LLMPOLICIES, None, name, patch, subresource="status") is not None:
             report.policies_patched += 1
+            for pool, snapshot, reached_pool, used, rules in raised:
+                ctx.alert_states[("pool", pool.id)] = reached_pool.state
+                _raise_pool_alerts(ctx, policy, pool, snapshot, reached_pool, used, rules)
 
     if seeds:
         report.seeded = await limiter.seed_usage(seeds, now)
@@ -320,6 +358,161 @@ async def sync_usage(ctx: reconcile.ReconcileContext, limiter: base.Limiter, now
             report.seeded,
         )
     return report
+
+
+def _policies_of(ctx: reconcile.ReconcileContext, names: list[str]) -> list[api.LLMPolicy]:
+    found = []
+    for name in names:
+        policy = next(iter(ctx.indexes.policies.get(name, ())), None) if ctx.indexes is not None else None
+        if policy is not None:
+            found.append(policy)
+    return found
+
+
+def _key_alerts(
+    ctx: reconcile.ReconcileContext,
+    result: compile.CompileResult,
+    ref: tuple[str, str],
+    indexed: reconcile.IndexedVirtualKey,
+    snapshot: base.UsageSnapshot,
+    now: datetime,
+) -> alerts.Reached | None:
+    outcome = result.keys.get(ref)
+    if outcome is None or outcome.effective is None:
+        return None
+    rules = alerts.rules_for(_policies_of(ctx, outcome.policies))
+    if rules is None:
+        return None
+    used = alerts.key_usage_percent(
+        outcome.effective.limits, snapshot.month.micro_usd, snapshot.month.total_tokens
+    )
+    return alerts.evaluate(
+        ctx.alert_states.get(("vk", ref)) or indexed.raw_status.get("alerts"),
+        snapshot.month.period,
+        used,
+        rules.thresholds,
+        expires_at=outcome.expires_at,
+        expiry_warning=rules.expiry_warning,
+        now=now,
+    )
+
+
+def _webhook_url(ctx: reconcile.ReconcileContext, webhook: api.WebhookSpec) -> str | None:
+    if ctx.indexes is None:
+        return None
+    ref = (ctx.settings.namespace, webhook.url_secret_ref.name)
+    data = next(iter(ctx.indexes.gateway_secrets.get(ref, ())), None)
+    url = (data or {}).get(webhook.url_secret_ref.key)
+    if not url or not url.strip().startswith(("http://", "https://")):
+        logger.warning(
+            "alert webhook Secret %s/%s holds no http(s) URL under %r", *ref, webhook.url_secret_ref.key
+        )
+        return None
+    return url.strip()
+
+
+def _notify(ctx: reconcile.ReconcileContext, rules: alerts.AlertRules, alert: notifier.Alert) -> None:
+    if ctx.notifier is None:
+        return
+    for webhook in rules.webhooks:
+        url = _webhook_url(ctx, webhook)
+        if url is not None:
+            ctx.notifier.send(url, webhook.format, alert)
+
+
+def _cap_text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _raise_key_alerts(
+    ctx: reconcile.ReconcileContext,
+    result: compile.CompileResult,
+    ref: tuple[str, str],
+    indexed: reconcile.IndexedVirtualKey,
+    key_id: str,
+    snapshot: base.UsageSnapshot,
+    reached: alerts.Reached,
+) -> None:
+    outcome = result.keys.get(ref)
+    if outcome is None or outcome.effective is None:
+        return
+    rules = alerts.rules_for(_policies_of(ctx, outcome.policies))
+    if rules is None:
+        return
+    limits = outcome.effective.limits
+    month = snapshot.month
+    used = alerts.key_usage_percent(limits, month.micro_usd, month.total_tokens) or 0.0
+    event_ref = events.ObjectReference(api.API_VERSION, "VirtualKey", ref[0], ref[1], indexed.uid or "")
+    resource = {
+        "apiVersion": api.API_VERSION,
+        "kind": "VirtualKey",
+        "namespace": ref[0],
+        "name": ref[1],
+        "keyId": key_id,
+    }
+    spend = str(compile.micro_to_usd(month.micro_usd))
+    for threshold in reached.thresholds:
+        message = (
+            f"reached {threshold}% of a monthly cap in {month.period} ({used:.1f}% used: USD {spend} of "
+            f"{_cap_text(limits.spend_per_month_usd)}, {month.total_tokens} tokens of "
+            f"{_cap_text(limits.tokens_per_month)})"
+        )
+        ctx.events.record(
+            event_ref, "Warning", "BudgetThreshold", message, instance=f"{month.period}/{threshold}"
+        )
+        details = {
+            "threshold": threshold,
+            "percent": round(used, 1),
+            "period": month.period,
+            "spendUSD": spend,
+            "tokens": month.total_tokens,
+        }
+        text = f"VirtualKey {ref[0]}/{ref[1]} {message}"
+        _notify(ctx, rules, notifier.Alert("BudgetThreshold", resource, text, details))
+    if reached.expiry is not None:
+        when = reached.expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = f"expires at {when}"
+        ctx.events.record(event_ref, "Warning", "ExpiringSoon", message, instance=when)
+        text = f"VirtualKey {ref[0]}/{ref[1]} {message}"
+        _notify(ctx, rules, notifier.Alert("ExpiringSoon", resource, text, {"expiresAt": when}))
+
+
+def _raise_pool_alerts(
+    ctx: reconcile.ReconcileContext,
+    policy: api.LLMPolicy,
+    pool: config.PoolEntry,
+    snapshot: base.UsageSnapshot,
+    reached: alerts.Reached,
+    used: float,
+    rules: alerts.AlertRules,
+) -> None:
+    name = policy.metadata.name
+    month = snapshot.month
+    event_ref = events.ObjectReference(api.API_VERSION, "LLMPolicy", "", name, policy.metadata.uid or "")
+    resource = {"apiVersion": api.API_VERSION, "kind": "LLMPolicy", "name": name, "pool": pool.id}
+    spend = str(compile.micro_to_usd(month.micro_usd))
+    for threshold in reached.thresholds:
+        message = (
+            f"pool {pool.budget} of {pool.group_by}={pool.group_value} reached {threshold}% of its "
+            f"monthly cap in {month.period} ({used:.1f}% used: USD {spend}, {month.total_tokens} tokens)"
+        )
+        ctx.events.record(
+            event_ref,
+            "Warning",
+            "BudgetThreshold",
+            message,
+            instance=f"{pool.id}/{month.period}/{threshold}",
+        )
+        details = {
+            "threshold": threshold,
+            "percent": round(used, 1),
+            "period": month.period,
+            "spendUSD": spend,
+            "tokens": month.total_tokens,
+        }
+        _notify(
+            ctx, rules, notifier.Alert("BudgetThreshold", resource, f"LLMPolicy {name}: {message}", details)
+        )
 
 
 async def run_usage_sync(ctx: reconcile.ReconcileContext, limiter: base.Limiter, interval_s: float) -> None:

@@ -47,7 +47,7 @@ def authenticate(
     key_index: Mapping[str, config.KeyEntry], presented: str | None, now: datetime
 ) -> config.KeyEntry:
     """The KeyEntry of a valid presented key; raises ProxyError (401 invalid_api_key, 403
-    key_suspended / key_expired / key_policy_violation)."""
+    key_suspended / key_inactive / key_expired / key_policy_violation)."""
     if not presented:
         raise invalid_key()
     parsed = keys.parse_key(presented)
@@ -63,6 +63,12 @@ def authenticate(
         raise invalid_key()
     if entry.suspended:
         raise errors.ProxyError("key_suspended", "This virtual key is suspended.")
+    if entry.inactive:
+        raise errors.ProxyError(
+            "key_inactive",
+            "This virtual key was suspended for inactivity; its owner can reactivate it "
+            "(annotation llmkeys.io/reactivated-at on the VirtualKey).",
+        )
     expires_at = entry.expires_at
     if expires_at is not None:
         if expires_at.tzinfo is None:  # the contract says UTC; tolerate a naive timestamp

@@ -121,6 +121,8 @@ class KeyEntry(_Model):
     default_output_reservation: int = Field(default=1024, ge=0)
     expires_at: datetime | None = None
     suspended: bool = False
+    #: Unused past its policy's inactivity.suspendAfter: refused (403 key_inactive) until reactivated.
+    inactive: bool = False
     #: Set when the key breaks a policy: the proxy refuses it (403 key_policy_violation) with this
     #: message, which names the policy and field and never contains secret material.
     policy_violation: str | None = None

@@ -32,6 +32,9 @@ CODES: dict[str, ErrorCode] = {
     "invalid_api_key": ErrorCode(401, "invalid_request_error", "missing, malformed, unknown or revoked key"),
     "key_suspended": ErrorCode(403, "permission_error", "the VirtualKey is suspended"),
     "key_expired": ErrorCode(403, "permission_error", "the VirtualKey is past its expiry"),
+    "key_inactive": ErrorCode(
+        403, "permission_error", "the VirtualKey was unused past its LLMPolicy's inactivity.suspendAfter"
+    ),
     "key_policy_violation": ErrorCode(403, "permission_error", "the VirtualKey breaks an LLMPolicy"),
     "model_not_allowed": ErrorCode(403, "permission_error", "the key's allowlists do not admit the model"),
     "provider_not_allowed": ErrorCode(
