@@ -156,7 +156,11 @@ async def test_deleted_secret_is_reissued_edited_secret_repaired_foreign_secret_
     )
     assert secret_data(cluster_client.get(kc.SECRETS, NS, "svc-llm-key"))["api-key"] == original
 
-    # The Secret is deleted: the key material is gone, so a new key is issued under the same id.
+    # The Secret is deleted: the key material is gone, so a new key is issued under the same id (the
+    # id the status recorded: wait for it, a loaded machine may delete before the status is written).
+    await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "svc", lambda o: (o or {}).get("status", {}).get("keyId") == original_id
+    )
     await cluster_client.delete(kc.SECRETS, NS, "svc-llm-key")
     reissued = await cluster_client.wait_for(
         kc.SECRETS, NS, "svc-llm-key", lambda o: o is not None and secret_data(o)["api-key"] != original
