@@ -18,11 +18,7 @@ import tempfile
 import time
 import urllib.parse
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.fakes import loopback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +63,13 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is required: run `make setup` (scripts/ensure-redis.sh)")
         self.binary = binary
-        self.port = port or free_port()
+        self.port = port or loopback.free_port()
         self.password = password
         self.tls = tls
         #: A one-node Redis Cluster owning every slot: scripts touching keys of two slots fail
         #: (CROSSSLOT), which proves the key layout is cluster safe without a multi-node cluster.
         self.cluster = cluster
-        self.cluster_bus_port = free_port() if cluster else 0
+        self.cluster_bus_port = loopback.free_port() if cluster else 0
         self.workdir = tempfile.TemporaryDirectory(prefix="llmkeys-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 

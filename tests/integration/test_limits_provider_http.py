@@ -3,7 +3,6 @@ that credential's budget (the shared upstream account), on the Redis limiter, dr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import openai
@@ -17,17 +16,10 @@ from llmkeys_proxy.limits import redis as redis_limits
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
-    upstream = openai_server.FakeOpenAI()
-    async with proxy_harness.serve_fake(upstream.app()) as url:
-        yield upstream, url
-
-
 async def test_two_keys_share_the_credential_limits(
-    fake: tuple[openai_server.FakeOpenAI, str], redis_url: str
+    fake_openai: tuple[openai_server.FakeOpenAI, str], redis_url: str
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     shared_limits = config.Limits(requests_per_minute=3, tokens_per_day=1_000_000, max_tokens_per_request=50)
     credential = proxy_harness.openai_provider(url, upstream.api_key, limits=shared_limits)
     # Each key alone could send far more: only the credential's limits hold them back.

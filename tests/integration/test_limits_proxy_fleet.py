@@ -25,7 +25,7 @@ from typing import Any
 import openai
 import pytest
 from tests import redis_server
-from tests.fakes import openai_server
+from tests.fakes import loopback, openai_server
 
 from llmkeys_proxy import config, keys, sources, usage
 from llmkeys_proxy.limits import base, periods
@@ -143,7 +143,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             ),
         ),
     ]
-    upstream_port = redis_server.free_port()
+    upstream_port = loopback.free_port()
     provider = config.ProviderEntry(
         id="gateway/openai",
         provider="openai",
@@ -177,7 +177,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         env = {**os.environ, "LLMKEYS_REDIS_URL": redis.url, "LLMKEYS_LOG_LEVEL": "ERROR"}
         urls = []
         for _ in range(PROXIES):
-            port = redis_server.free_port()
+            port = loopback.free_port()
             command = [sys.executable, "-m", "llmkeys_operator.cli", "proxy", "--host", "127.0.0.1"]
             command += ["--port", str(port), "--config-source", "directory", "--config-dir", str(config_dir)]
             log = stack.enter_context((workdir / f"proxy-{port}.log").open("wb"))

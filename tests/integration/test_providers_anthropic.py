@@ -9,7 +9,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from tests import providers_harness
+from tests import proxy_harness
 from tests.fakes import anthropic_server, loopback
 
 from llmkeys_proxy import config, usage
@@ -38,18 +38,18 @@ def credential(fake: anthropic_server.FakeAnthropic, url: str, **fields: object)
 @pytest.fixture
 async def proxy(
     upstream: tuple[anthropic_server.FakeAnthropic, str],
-) -> AsyncIterator[providers_harness.RunningProxy]:
+) -> AsyncIterator[proxy_harness.RunningProxy]:
     fake, url = upstream
-    async with providers_harness.run_proxy([credential(fake, url)], models=("claude-*",)) as running:
+    async with proxy_harness.serve_providers([credential(fake, url)], models=("claude-*",)) as running:
         yield running
 
 
-def client(proxy: providers_harness.RunningProxy, **options: object) -> anthropic.AsyncAnthropic:
+def client(proxy: proxy_harness.RunningProxy, **options: object) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(api_key=proxy.virtual_key, base_url=proxy.url, max_retries=0, **options)  # type: ignore[arg-type]
 
 
 async def test_messages_reach_upstream_with_real_key_and_charge_reported_usage(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     fake.cache_read_input_tokens = 11
@@ -63,7 +63,7 @@ async def test_messages_reach_upstream_with_real_key_and_charge_reported_usage(
     assert "authorization" not in seen.headers
     assert seen.headers["anthropic-version"]  # the SDK's version header goes through
     assert seen.json() == {"model": "claude-sonnet-5-5", "max_tokens": 50, "messages": MESSAGES}
-    providers_harness.assert_never_sent(fake.requests, proxy)
+    proxy_harness.assert_never_sent(fake.requests, proxy)
 
     month = await proxy.month_usage()
     reported_input = 4 + fake.input_overhead  # "tell me about llamas" + the fake's overhead
@@ -75,7 +75,7 @@ async def test_messages_reach_upstream_with_real_key_and_charge_reported_usage(
 
 
 async def test_streaming_uses_cumulative_message_delta_usage(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     async with (
@@ -93,7 +93,7 @@ async def test_streaming_uses_cumulative_message_delta_usage(
 
 
 async def test_stream_cut_off_is_charged_from_what_passed(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     fake.cut_stream_after_deltas = 3
@@ -113,7 +113,7 @@ async def test_stream_cut_off_is_charged_from_what_passed(
 
 
 async def test_count_tokens_is_forwarded_and_free(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     async with client(proxy) as sdk:
@@ -126,7 +126,7 @@ async def test_count_tokens_is_forwarded_and_free(
 
 
 async def test_upstream_errors_keep_anthropic_shape(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     async with client(proxy) as sdk:
@@ -156,7 +156,7 @@ async def test_upstream_errors_keep_anthropic_shape(
 
 
 async def test_upstream_refusing_the_real_key_is_not_the_callers_fault(
-    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: providers_harness.RunningProxy
+    upstream: tuple[anthropic_server.FakeAnthropic, str], proxy: proxy_harness.RunningProxy
 ) -> None:
     fake, _ = upstream
     fake.api_key = "sk-ant-rotated-elsewhere"
@@ -170,7 +170,7 @@ async def test_upstream_refusing_the_real_key_is_not_the_callers_fault(
     assert "sk-ant-upstream-real-credential" not in str(body)
 
 
-async def test_proxy_refusals_in_anthropic_shape(proxy: providers_harness.RunningProxy) -> None:
+async def test_proxy_refusals_in_anthropic_shape(proxy: proxy_harness.RunningProxy) -> None:
     async with anthropic.AsyncAnthropic(api_key="sk-llmk-unknown", base_url=proxy.url, max_retries=0) as sdk:
         with pytest.raises(anthropic.AuthenticationError) as unauthenticated:
             await sdk.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)
@@ -205,7 +205,7 @@ async def test_renamed_model_and_other_family_credentials(
         base_url="http://127.0.0.1:9/v1",
         models=(config.ModelRoute(name="llama-*"),),
     )
-    async with providers_harness.run_proxy([renamed, openai_only]) as proxy, client(proxy) as sdk:
+    async with proxy_harness.serve_providers([renamed, openai_only]) as proxy, client(proxy) as sdk:
         message = await sdk.messages.create(model="house-claude", max_tokens=5, messages=MESSAGES)
         assert message.content
         assert fake.requests[-1].json()["model"] == "claude-sonnet-5-5"

@@ -13,7 +13,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import pytest
-from tests import providers_harness
+from tests import proxy_harness
 from tests.fakes import bedrock_server, loopback, tls
 
 from llmkeys_proxy import config, usage
@@ -103,10 +103,10 @@ def boto_client(
 @pytest.fixture(params=[True, False], ids=["sigv4-upstream", "api-key-upstream"])
 async def proxy(
     request: pytest.FixtureRequest, upstream: tuple[bedrock_server.FakeBedrock, str], tls_files: tls.TlsFiles
-) -> AsyncIterator[providers_harness.RunningProxy]:
+) -> AsyncIterator[proxy_harness.RunningProxy]:
     fake, url = upstream
     provider = credential(fake, url, sigv4=request.param)
-    async with providers_harness.run_proxy([provider], ssl_context=tls_files.server_context()) as running:
+    async with proxy_harness.serve_providers([provider], ssl_context=tls_files.server_context()) as running:
         yield running
 
 
@@ -135,7 +135,7 @@ def read_invoke_stream(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
 async def test_converse_and_stream_through_the_proxy(
     upstream: tuple[bedrock_server.FakeBedrock, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, _ = upstream
@@ -158,7 +158,7 @@ async def test_converse_and_stream_through_the_proxy(
         assert all(r.headers["x-amz-security-token"] == fake.session_token for r in fake.requests)
     else:
         assert all(r.headers["authorization"] == f"Bearer {fake.api_key}" for r in fake.requests)
-    providers_harness.assert_never_sent(fake.requests, proxy)
+    proxy_harness.assert_never_sent(fake.requests, proxy)
 
     month = await proxy.month_usage()
     reported_input = 4 + fake.input_overhead  # "what is a llama" + the fake's overhead
@@ -170,7 +170,7 @@ async def test_converse_and_stream_through_the_proxy(
 
 async def test_invoke_model_and_its_stream(
     upstream: tuple[bedrock_server.FakeBedrock, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, _ = upstream
@@ -190,7 +190,7 @@ async def test_invoke_model_and_its_stream(
 
 async def test_count_tokens_is_forwarded_and_free(
     upstream: tuple[bedrock_server.FakeBedrock, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, _ = upstream
@@ -206,7 +206,7 @@ async def test_count_tokens_is_forwarded_and_free(
 
 async def test_inference_profile_rename_and_arn_model_ids(
     upstream: tuple[bedrock_server.FakeBedrock, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, _ = upstream
@@ -221,7 +221,7 @@ async def test_inference_profile_rename_and_arn_model_ids(
 
 async def test_cut_stream_is_counted_and_errors_keep_bedrock_shape(
     upstream: tuple[bedrock_server.FakeBedrock, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, _ = upstream
@@ -260,7 +260,7 @@ async def test_proxy_refusals_in_bedrock_shape(
     boto_client: Callable[[str, str], Any],
 ) -> None:
     fake, url = upstream
-    async with providers_harness.run_proxy(
+    async with proxy_harness.serve_providers(
         [credential(fake, url, sigv4=True)],
         models=("anthropic.claude-3-haiku-*",),
         ssl_context=tls_files.server_context(),

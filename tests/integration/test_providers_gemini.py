@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
-from tests import providers_harness
+from tests import proxy_harness
 from tests.fakes import anthropic_server, gemini_server, google_token_server, loopback
 
 from llmkeys_proxy import config
@@ -41,9 +41,9 @@ def gemini_credential(fake: gemini_server.FakeGemini, url: str) -> config.Provid
 @pytest.fixture
 async def proxy(
     upstream: tuple[gemini_server.FakeGemini, str],
-) -> AsyncIterator[providers_harness.RunningProxy]:
+) -> AsyncIterator[proxy_harness.RunningProxy]:
     fake, url = upstream
-    async with providers_harness.run_proxy(
+    async with proxy_harness.serve_providers(
         [gemini_credential(fake, url)], models=("gemini-*", "text-*")
     ) as running:
         yield running
@@ -56,7 +56,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def sdk(
-    proxy: providers_harness.RunningProxy, http: aiohttp.ClientSession, api_version: str = "v1"
+    proxy: proxy_harness.RunningProxy, http: aiohttp.ClientSession, api_version: str = "v1"
 ) -> genai.Client:
     # Our own aiohttp session: the SDK's own subclass of ClientSession raises a DeprecationWarning.
     options: Any = {"base_url": proxy.url, "api_version": api_version, "aiohttp_client": http}
@@ -66,7 +66,7 @@ def sdk(
 @pytest.mark.parametrize("api_version", ["v1", "v1beta"])
 async def test_generate_content_with_real_key_and_reported_usage(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
     api_version: str,
 ) -> None:
@@ -81,7 +81,7 @@ async def test_generate_content_with_real_key_and_reported_usage(
     seen = fake.requests[-1]
     assert seen.path == "/v1beta/models/gemini-3.5-flash:generateContent"
     assert seen.headers["x-goog-api-key"] == fake.api_key
-    providers_harness.assert_never_sent(fake.requests, proxy)
+    proxy_harness.assert_never_sent(fake.requests, proxy)
     month = await proxy.month_usage()
     prompt = 5 + fake.prompt_overhead + 6  # promptTokenCount includes the cached tokens
     assert (month.input_tokens, month.cached_input_tokens) == (prompt, 6)
@@ -90,7 +90,7 @@ async def test_generate_content_with_real_key_and_reported_usage(
 
 async def test_sse_stream_charges_last_running_total(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -110,7 +110,7 @@ async def test_sse_stream_charges_last_running_total(
 
 async def test_json_array_stream_and_query_key(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -124,7 +124,7 @@ async def test_json_array_stream_and_query_key(
     )
     seen = fake.requests[-1]
     assert seen.query == {} and seen.headers["x-goog-api-key"] == fake.api_key
-    providers_harness.assert_never_sent(fake.requests, proxy)
+    proxy_harness.assert_never_sent(fake.requests, proxy)
     month = await proxy.month_usage()
     assert month.output_tokens == len(gemini_server.REPLY_PIECES)
     assert month.input_tokens == 3 + fake.prompt_overhead
@@ -132,7 +132,7 @@ async def test_json_array_stream_and_query_key(
 
 async def test_stream_cut_off_is_counted_from_what_passed(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -151,13 +151,13 @@ async def test_stream_cut_off_is_counted_from_what_passed(
     assert month.input_tokens == 2 + fake.prompt_overhead
 
 
-def _key(proxy: providers_harness.RunningProxy) -> dict[str, str]:
+def _key(proxy: proxy_harness.RunningProxy) -> dict[str, str]:
     return {"x-goog-api-key": proxy.virtual_key}
 
 
 async def test_count_tokens_and_embeddings(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -185,7 +185,7 @@ async def test_count_tokens_and_embeddings(
 
 async def test_errors_in_google_shape(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -214,7 +214,7 @@ async def test_errors_in_google_shape(
 
 async def test_a_refused_gateway_key_is_not_the_callers_fault(
     upstream: tuple[gemini_server.FakeGemini, str],
-    proxy: providers_harness.RunningProxy,
+    proxy: proxy_harness.RunningProxy,
     http: aiohttp.ClientSession,
 ) -> None:
     fake, _ = upstream
@@ -231,7 +231,7 @@ async def test_model_not_allowed_and_max_tokens(
     upstream: tuple[gemini_server.FakeGemini, str], http: aiohttp.ClientSession
 ) -> None:
     fake, url = upstream
-    async with providers_harness.run_proxy(
+    async with proxy_harness.serve_providers(
         [gemini_credential(fake, url)],
         models=("gemini-3.5-*",),
         limits=config.Limits(max_tokens_per_request=100),
@@ -286,7 +286,7 @@ async def test_vertex_gemini_with_minted_token(
     http: aiohttp.ClientSession,
 ) -> None:
     fake, tokens, key_json, url = vertex
-    async with providers_harness.run_proxy([vertex_credential(key_json, url)]) as proxy:
+    async with proxy_harness.serve_providers([vertex_credential(key_json, url)]) as proxy:
         client = sdk(proxy, http)
         response = await client.aio.models.generate_content(model="gemini-3.5-flash", contents="hello vertex")
         assert response.text == "".join(gemini_server.REPLY_PIECES)
@@ -312,7 +312,7 @@ async def test_vertex_gemini_with_minted_token(
     assert len(tokens.issued) == 1  # one token minted, then reused
     assert {r.headers["authorization"] for r in fake.requests} == {f"Bearer {tokens.issued[0]}"}
     assert "x-goog-api-key" not in fake.requests[0].headers
-    providers_harness.assert_never_sent(fake.requests, proxy)
+    proxy_harness.assert_never_sent(fake.requests, proxy)
     assert month.requests == 3
     assert month.output_tokens == 2 * len(gemini_server.REPLY_PIECES)
 
@@ -322,7 +322,7 @@ async def test_vertex_revoked_token_is_replaced(
     http: aiohttp.ClientSession,
 ) -> None:
     _, tokens, key_json, url = vertex
-    async with providers_harness.run_proxy([vertex_credential(key_json, url)]) as proxy:
+    async with proxy_harness.serve_providers([vertex_credential(key_json, url)]) as proxy:
         client = sdk(proxy, http)
         await client.aio.models.generate_content(model="gemini-3.5-flash", contents="one")
         tokens.revoked.add(tokens.issued[0])
@@ -346,7 +346,7 @@ async def test_claude_on_vertex_through_the_anthropic_sdk(
     messages = [{"role": "user", "content": "hi there"}]
     async with (
         loopback.serve_app(claude.app()) as url,
-        providers_harness.run_proxy([vertex_credential(key_json, url)]) as proxy,
+        proxy_harness.serve_providers([vertex_credential(key_json, url)]) as proxy,
     ):
         async with anthropic.AsyncAnthropic(
             api_key=proxy.virtual_key, base_url=proxy.url, max_retries=0
@@ -373,6 +373,6 @@ async def test_claude_on_vertex_through_the_anthropic_sdk(
     assert first["anthropic_version"] == "vertex-2023-10-16" and "model" not in first
     assert claude.requests[2].json()["model"] == "claude-sonnet-5-5"
     assert all(r.headers["authorization"] == f"Bearer {tokens.issued[0]}" for r in claude.requests)
-    providers_harness.assert_never_sent(claude.requests, proxy)
+    proxy_harness.assert_never_sent(claude.requests, proxy)
     assert month.requests == 3
     assert month.output_tokens == len(anthropic_server.REPLY_WORDS) + 3

@@ -5,7 +5,6 @@ ones these SDKs read."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,64 +13,21 @@ import boto3
 import botocore.config
 import pytest
 from google import genai
-from tests import providers_harness
-from tests.fakes import anthropic_server, bedrock_server, gemini_server, loopback, tls
+from tests import proxy_harness
+from tests.fakes import bedrock_server, gemini_server, tls
 
 from llmkeys_operator import keysecret
-from llmkeys_proxy import config
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[
-    tuple[anthropic_server.FakeAnthropic, gemini_server.FakeGemini, Any, list[str]]
-]:
-    claude, google, aws = (
-        anthropic_server.FakeAnthropic(),
-        gemini_server.FakeGemini(),
-        bedrock_server.FakeBedrock(),
-    )
-    async with (
-        loopback.serve_app(claude.app()) as claude_url,
-        loopback.serve_app(google.app()) as google_url,
-        loopback.serve_app(aws.app()) as aws_url,
-    ):
-        yield claude, google, aws, [claude_url, google_url, aws_url]
 
 
 async def test_default_sdk_clients_from_the_key_secret_env(
-    fakes: tuple[
-        anthropic_server.FakeAnthropic, gemini_server.FakeGemini, bedrock_server.FakeBedrock, list[str]
-    ],
+    native_fakes: proxy_harness.NativeFakes,
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    claude, google, aws, (claude_url, google_url, aws_url) = fakes
-    providers = [
-        config.ProviderEntry(
-            id="llmkeys/anthropic",
-            provider="anthropic",
-            base_url=claude_url,
-            api_key=claude.api_key,
-            models=(config.ModelRoute(name="claude-*"),),
-        ),
-        config.ProviderEntry(
-            id="llmkeys/gemini",
-            provider="gemini",
-            base_url=google_url,
-            api_key=google.api_key,
-            models=(config.ModelRoute(name="gemini-*"),),
-        ),
-        config.ProviderEntry(
-            id="llmkeys/bedrock",
-            provider="bedrock",
-            base_url=aws_url,
-            region="us-east-1",
-            api_key=aws.api_key,
-            models=(config.ModelRoute(name="amazon.*"),),
-        ),
-    ]
+    claude, google, aws = native_fakes.anthropic, native_fakes.gemini, native_fakes.bedrock
+    providers = proxy_harness.native_providers(native_fakes)
     certificate = tls.make_self_signed(tmp_path)
-    async with providers_harness.run_proxy(providers, ssl_context=certificate.server_context()) as proxy:
+    async with proxy_harness.serve_providers(providers, ssl_context=certificate.server_context()) as proxy:
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "GOOGLE_API_KEY"):
             monkeypatch.delenv(name, raising=False)
         for name, value in keysecret.env_entries(proxy.virtual_key, proxy.url).items():
@@ -110,4 +66,4 @@ async def test_default_sdk_clients_from_the_key_secret_env(
     assert month.requests == 3
     for fake in (claude, google, aws):
         assert len(fake.requests) == 1
-        providers_harness.assert_never_sent(fake.requests, proxy)
+        proxy_harness.assert_never_sent(fake.requests, proxy)

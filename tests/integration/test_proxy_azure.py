@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import openai
 import pytest
 from tests import proxy_harness
-from tests.fakes import azure_server, openai_server
+from tests.fakes import azure_server, loopback, openai_server
 
 from llmkeys_proxy import config, sources
 
@@ -21,7 +21,7 @@ MESSAGES = [{"role": "user", "content": "hello azure"}]
 @pytest.fixture
 async def fake_azure() -> AsyncIterator[tuple[azure_server.FakeAzureOpenAI, str]]:
     upstream = azure_server.FakeAzureOpenAI(api_key="0123456789abcdef0123456789abcdef")
-    async with proxy_harness.serve_fake(upstream.app()) as url:
+    async with loopback.serve_app(upstream.app(), cancel_handlers=True) as url:
         yield upstream, url
 
 

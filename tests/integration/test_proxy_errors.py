@@ -12,19 +12,12 @@ import httpx
 import openai
 import pytest
 from tests import proxy_harness, redis_server
-from tests.fakes import openai_server
+from tests.fakes import loopback, openai_server
 
 from llmkeys_proxy import config, settings, sources
 from llmkeys_proxy.limits import redis as redis_limits
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
-    upstream = openai_server.FakeOpenAI()
-    async with proxy_harness.serve_fake(upstream.app()) as url:
-        yield upstream, url
 
 
 async def post(
@@ -50,8 +43,10 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-async def test_bad_keys_get_one_indistinguishable_401(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_bad_keys_get_one_indistinguishable_401(
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
+) -> None:
+    upstream, url = fake_openai
     good = proxy_harness.issue_key()
     revoked_secret = proxy_harness.issue_key().key.rsplit("-", 1)[1]
     cfg = proxy_harness.proxy_config([good], [proxy_harness.openai_provider(url, upstream.api_key)])
@@ -88,9 +83,9 @@ async def test_bad_keys_get_one_indistinguishable_401(fake: tuple[openai_server.
     ],
 )
 async def test_key_states_each_with_their_own_403(
-    fake: tuple[openai_server.FakeOpenAI, str], fields: dict[str, Any], code: str, message_part: str
+    fake_openai: tuple[openai_server.FakeOpenAI, str], fields: dict[str, Any], code: str, message_part: str
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     key = proxy_harness.issue_key(**fields)
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     async with (
@@ -104,8 +99,8 @@ async def test_key_states_each_with_their_own_403(
     assert not upstream.requests
 
 
-async def test_expiry_is_checked_at_request_time(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_expiry_is_checked_at_request_time(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key(expires_at=datetime.now(UTC) + timedelta(seconds=1))
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     async with proxy_harness.run_proxy(sources.StaticSource(cfg)) as proxy:
@@ -119,8 +114,8 @@ async def test_expiry_is_checked_at_request_time(fake: tuple[openai_server.FakeO
     assert answer.status_code == 403 and error_of(answer)["code"] == "key_expired"
 
 
-async def test_routing_refusals(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_routing_refusals(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key(model_allowlists=(("gpt-*", "o3"),), denied_models=("gpt-4o",))
     restricted = config.ProviderEntry(
         id="llmkeys/restricted",
@@ -152,8 +147,8 @@ async def test_routing_refusals(fake: tuple[openai_server.FakeOpenAI, str]) -> N
     assert not upstream.requests
 
 
-async def test_max_tokens_above_the_key_limit(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_max_tokens_above_the_key_limit(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key(limits=config.Limits(max_tokens_per_request=256))
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     async with (
@@ -175,8 +170,8 @@ async def test_max_tokens_above_the_key_limit(fake: tuple[openai_server.FakeOpen
     assert upstream.requests[1].json()["max_completion_tokens"] == 256
 
 
-async def test_malformed_json_and_body_too_large(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_malformed_json_and_body_too_large(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key()
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     tight = settings.ProxySettings(config_dir="/nonexistent", max_body_bytes=4096)
@@ -211,8 +206,8 @@ async def test_malformed_json_and_body_too_large(fake: tuple[openai_server.FakeO
     assert not upstream.requests
 
 
-async def test_upstream_failures(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_upstream_failures(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key()
     wrong_credential = config.ProviderEntry(
         id="llmkeys/stale",
@@ -224,7 +219,7 @@ async def test_upstream_failures(fake: tuple[openai_server.FakeOpenAI, str]) -> 
     dead = config.ProviderEntry(
         id="llmkeys/dead",
         provider="openai-compatible",
-        base_url=proxy_harness.closed_port_url() + "/v1",
+        base_url=loopback.closed_port_url() + "/v1",
         api_key="sk-dead-credential-123456789",
         models=(config.ModelRoute(name="dead-*"),),
     )
@@ -266,8 +261,8 @@ async def test_upstream_failures(fake: tuple[openai_server.FakeOpenAI, str]) -> 
     assert usage[key.key_id].month.requests == 0 and usage[key.key_id].month.input_tokens == 0
 
 
-async def test_limits_deny_with_retry_headers(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_limits_deny_with_retry_headers(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     limited = proxy_harness.issue_key(limits=config.Limits(requests_per_minute=1))
     broke = proxy_harness.issue_key(name="broke", limits=config.Limits(spend_per_month_micro_usd=1))
     cfg = proxy_harness.proxy_config([limited, broke], [proxy_harness.openai_provider(url, upstream.api_key)])
@@ -293,15 +288,15 @@ async def test_limits_deny_with_retry_headers(fake: tuple[openai_server.FakeOpen
     assert len(upstream.requests) == 1
 
 
-async def test_limiter_unavailable_reject_or_allow(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_limiter_unavailable_reject_or_allow(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> None:
+    upstream, url = fake_openai
     strict = proxy_harness.issue_key(name="strict")
     lenient = proxy_harness.issue_key(name="lenient", on_limiter_unavailable="Allow")
     cfg = proxy_harness.proxy_config(
         [strict, lenient], [proxy_harness.openai_provider(url, upstream.api_key)]
     )
     unreachable_redis = redis_limits.RedisLimiter(
-        proxy_harness.closed_port_url().replace("http://", "redis://"), operation_timeout_s=1.0
+        loopback.closed_port_url().replace("http://", "redis://"), operation_timeout_s=1.0
     )
     async with proxy_harness.run_proxy(sources.StaticSource(cfg), limiter=unreachable_redis) as proxy:
         body = {"model": "gpt-4o-mini", "messages": MESSAGES}
@@ -333,9 +328,9 @@ async def test_unknown_route_and_no_config_yet(tmp_path: Any) -> None:
 
 
 async def test_allow_policy_counts_usage_once_redis_is_back(
-    fake: tuple[openai_server.FakeOpenAI, str], private_redis: redis_server.RedisServer
+    fake_openai: tuple[openai_server.FakeOpenAI, str], private_redis: redis_server.RedisServer
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     lenient = proxy_harness.issue_key(name="lenient", on_limiter_unavailable="Allow")
     cfg = proxy_harness.proxy_config([lenient], [proxy_harness.openai_provider(url, upstream.api_key)])
     limiter = redis_limits.RedisLimiter(private_redis.url, operation_timeout_s=0.5)

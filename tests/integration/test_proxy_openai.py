@@ -19,20 +19,12 @@ from tests.fakes import openai_server
 
 from llmkeys_proxy import config, sources
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
-    upstream = openai_server.FakeOpenAI()
-    async with proxy_harness.serve_fake(upstream.app()) as url:
-        yield upstream, url
-
-
 Setup = tuple[proxy_harness.RunningProxy, proxy_harness.IssuedKey, openai_server.FakeOpenAI]
 
 
 @pytest.fixture
-async def setup(fake: tuple[openai_server.FakeOpenAI, str]) -> AsyncIterator[Setup]:
-    upstream, url = fake
+async def setup(fake_openai: tuple[openai_server.FakeOpenAI, str]) -> AsyncIterator[Setup]:
+    upstream, url = fake_openai
     key = proxy_harness.issue_key(limits=config.Limits(requests_per_minute=100, tokens_per_minute=100_000))
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     async with proxy_harness.run_proxy(sources.StaticSource(cfg)) as proxy:
@@ -173,8 +165,10 @@ async def test_responses_api_whole_and_streamed(setup: Setup) -> None:
     assert await usage_of(proxy, key) == (2, (4 + 7) + (2 + 7), 4 + len(openai_server.REPLY_WORDS))
 
 
-async def test_models_lists_only_what_the_key_may_use(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_models_lists_only_what_the_key_may_use(
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
+) -> None:
+    upstream, url = fake_openai
     narrow = proxy_harness.issue_key(
         model_allowlists=(("gpt-4o-mini", "gpt-4o", "claude-*"),), denied_models=("gpt-4o",)
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -23,13 +22,6 @@ from llmkeys_proxy.limits import redis as redis_limits
 MESSAGES = [{"role": "user", "content": "stream to me"}]
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
-    upstream = openai_server.FakeOpenAI()
-    async with proxy_harness.serve_fake(upstream.app()) as url:
-        yield upstream, url
-
-
 async def month_usage(limiter: limits_base.Limiter, key: proxy_harness.IssuedKey) -> tuple[int, int, int]:
     snapshot = (await limiter.read_usage([key.key_id], [], datetime.now(UTC)))[key.key_id].month
     return snapshot.requests, snapshot.input_tokens, snapshot.output_tokens
@@ -43,9 +35,9 @@ async def wait_for(predicate_s: str, check: object, within_s: float = 30.0) -> N
 
 
 async def test_reload_takes_effect_without_dropping_an_inflight_stream(
-    fake: tuple[openai_server.FakeOpenAI, str], tmp_path: pathlib.Path
+    fake_openai: tuple[openai_server.FakeOpenAI, str], tmp_path: pathlib.Path
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     upstream.hold = asyncio.Event()
     streamer = proxy_harness.issue_key(name="streamer")
     newcomer = proxy_harness.issue_key(name="newcomer", suspended=True)
@@ -125,9 +117,9 @@ async def test_reload_takes_effect_without_dropping_an_inflight_stream(
 
 
 async def test_stream_cut_off_upstream_is_charged_from_what_passed(
-    fake: tuple[openai_server.FakeOpenAI, str],
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     key = proxy_harness.issue_key()
     limiter = memory.MemoryLimiter()
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
@@ -148,8 +140,10 @@ async def test_stream_cut_off_upstream_is_charged_from_what_passed(
         assert await month_usage(limiter, key) == (1, prompt, usage.count_tokens("gpt-4o-mini", text))
 
 
-async def test_client_disconnect_mid_stream_still_settles(fake: tuple[openai_server.FakeOpenAI, str]) -> None:
-    upstream, url = fake
+async def test_client_disconnect_mid_stream_still_settles(
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
+) -> None:
+    upstream, url = fake_openai
     upstream.hold = asyncio.Event()
     key = proxy_harness.issue_key()
     limiter = memory.MemoryLimiter()
@@ -179,9 +173,9 @@ async def test_client_disconnect_mid_stream_still_settles(fake: tuple[openai_ser
 
 
 async def test_graceful_shutdown_finishes_and_settles_inflight_streams(
-    fake: tuple[openai_server.FakeOpenAI, str], redis_url: str
+    fake_openai: tuple[openai_server.FakeOpenAI, str], redis_url: str
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     upstream.hold = asyncio.Event()
     key = proxy_harness.issue_key()
     # Redis keeps the counters after the app closed its limiter at shutdown, so they can be read after.

@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import time
 import httpx
 import openai
 from tests import proxy_harness
+from tests.fakes import loopback
 
 from llmkeys_proxy import config, sources
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_two_workers_without_redis_are_refused(tmp_path: pathlib.Path) -> None:
@@ -50,7 +44,7 @@ def test_proxy_command_with_two_workers(tmp_path: pathlib.Path, redis_url: str) 
     mock = config.ProviderEntry(id="llmkeys/mock", provider="mock", models=(config.ModelRoute(name="*"),))
     config_dir = tmp_path / "config"
     sources.write_config_dir(config_dir, proxy_harness.proxy_config([key], [mock]))
-    port = free_port()
+    port = loopback.free_port()
     env = {
         **os.environ,
         "LLMKEYS_CONFIG_SOURCE": "directory",

@@ -10,7 +10,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,12 +31,6 @@ from llmkeys_proxy import tls as proxy_tls
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 MESSAGES = [{"role": "user", "content": [{"text": "what is a llama"}]}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -87,7 +80,7 @@ async def test_boto3_bearer_key_over_the_proxys_own_tls(
     )
     config_dir = tmp_path / "config"
     sources.write_config_dir(config_dir, proxy_harness.proxy_config([key], [credential]))
-    port = free_port()
+    port = loopback.free_port()
     env = {**os.environ, "LLMKEYS_HOST": "127.0.0.1", "LLMKEYS_REDIS_URL": "", "LLMKEYS_WORKERS": "1"}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -208,7 +201,9 @@ async def test_rotated_certificate_files_are_served_to_new_connections(tmp_path:
 def test_bad_tls_settings_fail_before_serving(
     flags: list[str], message: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["proxy", "--config-dir", str(tmp_path), "--port", str(free_port()), *flags]) == 2
+    assert (
+        cli.main(["proxy", "--config-dir", str(tmp_path), "--port", str(loopback.free_port()), *flags]) == 2
+    )
     assert message in capsys.readouterr().err
 
 

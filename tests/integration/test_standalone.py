@@ -12,7 +12,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,22 +20,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from tests.fakes import loopback
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "standalone"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Serve:
     """One `llmkeys serve` process."""
 
     def __init__(self, manifests: pathlib.Path, state_dir: pathlib.Path, log: pathlib.Path) -> None:
-        self.port = _free_port()
+        self.port = loopback.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_handle = open(log, "w")  # noqa: SIM115 - closed in stop()

@@ -10,7 +10,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.fakes import tls
+from tests.fakes import loopback, tls
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "standalone"
 CI_KEY_RPM = 5  # examples/standalone/keys.yaml: VirtualKey ci-job, requestsPerMinute: 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_command(tmp_path: pathlib.Path, port: int, *extra: str) -> list[str]:
@@ -44,7 +37,7 @@ def serve_command(tmp_path: pathlib.Path, port: int, *extra: str) -> list[str]:
 @pytest.fixture
 def serve_workers(tmp_path: pathlib.Path, redis_url: str) -> Iterator[tuple[str, pathlib.Path]]:
     """`llmkeys serve --workers 2` sharing the test Redis; yields its URL and its log file."""
-    port = free_port()
+    port = loopback.free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "LLMKEYS_LOG_LEVEL": "INFO"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -120,7 +113,7 @@ async def test_rpm_holds_exactly_across_two_workers(
 def test_more_than_one_worker_without_redis_is_refused(tmp_path: pathlib.Path) -> None:
     env = {**os.environ, "LLMKEYS_REDIS_URL": ""}
     completed = subprocess.run(
-        serve_command(tmp_path, free_port(), "--workers", "2"),
+        serve_command(tmp_path, loopback.free_port(), "--workers", "2"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -133,7 +126,7 @@ def test_more_than_one_worker_without_redis_is_refused(tmp_path: pathlib.Path) -
 
 def test_serve_over_tls_writes_https_urls_and_serves_https(tmp_path: pathlib.Path) -> None:
     files = tls.make_self_signed(tmp_path)
-    port = free_port()
+    port = loopback.free_port()
     log = tmp_path / "serve.log"
     flags = ("--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key))
     with log.open("w") as output:

@@ -12,7 +12,6 @@ import json
 import pathlib
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from tests.fakes import loopback
 
 from llmkeys_operator import runner
 from llmkeys_operator import settings as operator_settings
@@ -641,17 +641,10 @@ def test_operator_settings_in_values_reach_the_operator(chart: helm.Chart) -> No
         assert getattr(defaults, name) == getattr(code, name), name
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_liveness_probe_matches_what_a_standby_operator_serves(chart: helm.Chart) -> None:
     """The probe's port and path are served on every pod address by a replica waiting for the Lease
     (kopf's own endpoint, once leading, is started by runner.serve on 0.0.0.0 with the same port)."""
-    port = free_port()
+    port = loopback.free_port()
     docs = render(chart, {"operator": {"livenessPort": port}})
     operator = container(docs, f"{RELEASE}-operator")
     probe = operator["livenessProbe"]["httpGet"]
