@@ -11,7 +11,7 @@ Called by `handlers` (kopf wiring) with explicit arguments. Three jobs:
   Secrets whose content changed, then patch the status of every resource whose outcome changed.
   Handlers only `request_publish()`; `run_publisher` debounces bursts into one compile.
 - Deadlines: the earliest future instant at which a key's state changes by itself (expiry, end of
-  a rotation grace period, next interval rotation), for the per-key daemon to wake up at.
+  a rotation grace period, next interval rotation), for `runtime.run_deadlines` to wake up at.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class ReconcileContext:
     config_in_flight: InFlightWrites = dataclasses.field(default_factory=lambda: InFlightWrites())
     #: Statuses we patched and the index has not shown yet, per (plural, ref).
     status_in_flight: InFlightWrites = dataclasses.field(default_factory=lambda: InFlightWrites())
-    #: Next instant each key changes by itself; the key's daemon sleeps until then.
+    #: Next instant each key changes by itself; `runtime.run_deadlines` sleeps until the earliest.
     deadlines: dict[ObjectRef, datetime] = dataclasses.field(default_factory=dict)
     deadlines_changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     last_result: compile.CompileResult | None = None

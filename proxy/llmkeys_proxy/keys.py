@@ -7,7 +7,6 @@ ever holds SHA-256(secret); the full key exists in the workload's Secret and now
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import string
@@ -73,8 +72,3 @@ def parse_key(value: str) -> ParsedKey | None:
 def hash_secret(secret: str) -> str:
     """Hex SHA-256 of the secret part: what the compiled config stores."""
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
-
-
-def verify_secret(secret: str, expected_hash: str) -> bool:
-    """Constant-time comparison of a presented secret with a stored hash."""
-    return hmac.compare_digest(hash_secret(secret), expected_hash)

@@ -225,17 +225,6 @@ class PriceTable:
             return ResolvedPrice(wildcard, "override-default", "*")
         return ResolvedPrice(self.default, "default", "*")
 
-    def lookup(
-        self,
-        model: str,
-        overrides: Mapping[str, config.ModelPrice] = _EMPTY,
-        *,
-        input_tokens: int | None = None,
-    ) -> config.ModelPrice | None:
-        """Like `resolve`, but None when neither the overrides nor the table price the model."""
-        resolved = self.resolve(model, overrides, input_tokens=input_tokens)
-        return None if resolved.source == "default" else resolved.price
-
     def cost(
         self, model: str, counts: TokenCounts, overrides: Mapping[str, config.ModelPrice] = _EMPTY
     ) -> Cost:

@@ -6,7 +6,7 @@ stream cut off before its usage arrived, `StreamUsage.fallback_counts` (tiktoken
 passed). Hot path: bytes are forwarded untouched (the same object) and only the few events that
 carry usage or end the stream are JSON-parsed, found by cheap substring tests over whole events;
 text for the fallback is extracted only when the fallback is actually asked for.
-`SSEParser`, `EventStreamParser` and the encoders are general tools (fake upstreams in tests use them).
+`SSEParser`, `EventStreamParser` and the encoders are general framing tools; the unit tests use them.
 """
 
 from __future__ import annotations
@@ -375,8 +375,6 @@ _SSE_APIS = (
     "anthropic-messages",
 )
 _RESPONSES_END = (b"response.completed", b"response.incomplete", b"response.failed")
-_ANTHROPIC_MARKERS = (b"message_start", b"message_delta", b"message_stop", b"event: error", b'"type":"error"')
-_ERROR_MARKERS = (b"event: error", b"event:error", b'"type":"error"', b'"type": "error"')
 #: Raw response bytes kept for a possible fallback count before they are folded into a token count.
 _KEEP_BYTES = 1 << 20
 #: An unterminated SSE event larger than this means the body is not SSE (or is hostile): parsing

@@ -64,11 +64,6 @@ def day_end(now: datetime) -> datetime:
     return day_start(now) + timedelta(days=1)
 
 
-def month_start(now: datetime) -> datetime:
-    utc = as_utc(now)
-    return datetime(utc.year, utc.month, 1, tzinfo=UTC)
-
-
 def month_end(now: datetime) -> datetime:
     """First instant of the next UTC month."""
     utc = as_utc(now)
