@@ -4,14 +4,13 @@ Called by server.py (`llmkeys proxy`), by standalone mode (`llmkeys serve`) and 
 owns what it is given: it starts the config source, and on cleanup (after in-flight requests
 finished) drains settlements, closes upstream sessions, stops the source and closes the limiter.
 Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployments/{d}/...`,
-`/openai/v1/...`), `/healthz`, `/readyz`, `/metrics`. Other API families add rows to `ROUTES`.
+`/openai/v1/...`), `/healthz`, `/readyz`, `/metrics`. The proxied routes are the rows of `routes.ROUTES`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import orjson
@@ -21,76 +20,16 @@ from llmkeys_proxy import (
     audit_sinks,
     auth,
     errors,
+    headers,
     metrics,
-    native_routes,
-    pipeline,
     pricing,
+    routes,
     settings,
     settlement,
     sources,
 )
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.state import STATE, ProxyState
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-CHAT = pipeline.Endpoint("openai-chat", "chat/completions")
-COMPLETIONS = pipeline.Endpoint("openai-completions", "completions")
-EMBEDDINGS = pipeline.Endpoint("openai-embeddings", "embeddings")
-RESPONSES = pipeline.Endpoint("openai-responses", "responses")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProxyRoute:
-    """One proxied route: method, aiohttp path, endpoint meaning, and where the model comes from."""
-
-    method: str
-    path: str
-    endpoint: pipeline.Endpoint
-    #: match_info name holding the model (None: the body's `model`).
-    model_param: str | None = None
-    #: The path names an Azure deployment: map it back to a model name.
-    azure_deployment: bool = False
-
-
-ROUTES: list[ProxyRoute] = [
-    ProxyRoute("POST", "/v1/chat/completions", CHAT),
-    ProxyRoute("POST", "/v1/completions", COMPLETIONS),
-    ProxyRoute("POST", "/v1/embeddings", EMBEDDINGS),
-    ProxyRoute("POST", "/v1/responses", RESPONSES),
-    # Azure OpenAI, v1 API (the plain OpenAI SDK with base_url=<endpoint>/openai/v1).
-    ProxyRoute("POST", "/openai/v1/chat/completions", CHAT),
-    ProxyRoute("POST", "/openai/v1/completions", COMPLETIONS),
-    ProxyRoute("POST", "/openai/v1/embeddings", EMBEDDINGS),
-    ProxyRoute("POST", "/openai/v1/responses", RESPONSES),
-    # Azure OpenAI, classic deployment URLs (AzureOpenAI SDK; ?api-version=...).
-    ProxyRoute("POST", "/openai/deployments/{deployment}/chat/completions", CHAT, "deployment", True),
-    ProxyRoute("POST", "/openai/deployments/{deployment}/completions", COMPLETIONS, "deployment", True),
-    ProxyRoute("POST", "/openai/deployments/{deployment}/embeddings", EMBEDDINGS, "deployment", True),
-    ProxyRoute("POST", "/openai/responses", RESPONSES),
-]
-# Anthropic, Gemini and Bedrock native APIs (native_routes.py).
-ROUTES += [ProxyRoute(r.method, r.path, r.endpoint, r.model_param) for r in native_routes.ROUTES]
-
-
-def _proxy_handler(route: ProxyRoute) -> Handler:
-    endpoint = route.endpoint
-    param = route.model_param
-    if param is None:
-
-        async def from_body(request: web.Request) -> web.StreamResponse:
-            return await pipeline.handle(request, endpoint)
-
-        return from_body
-
-    async def from_path(request: web.Request) -> web.StreamResponse:
-        model = request.match_info[param]
-        table = request.app[STATE].table
-        if route.azure_deployment and table is not None:
-            model = table.deployment_models.get(model, model)
-        return await pipeline.handle(request, endpoint, model)
-
-    return from_path
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -181,14 +120,14 @@ async def _list_models(request: web.Request) -> web.Response:
         )
     except errors.ProxyError as error:
         response = errors.error_response(family, error)
-        response.headers["x-request-id"] = pipeline.request_id_of(request.headers)
+        response.headers["x-request-id"] = headers.request_id_of(request.headers)
         return response
 
 
 async def _not_found(request: web.Request) -> web.Response:
     error = errors.ProxyError("not_found", f"No route {request.method} {request.path} on this proxy.")
     response = errors.error_response("openai", error)
-    response.headers["x-request-id"] = pipeline.request_id_of(request.headers)
+    response.headers["x-request-id"] = headers.request_id_of(request.headers)
     return response
 
 
@@ -225,8 +164,8 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    for route in ROUTES:
-        app.router.add_route(route.method, route.path, _proxy_handler(route))
+    for route in routes.ROUTES:
+        app.router.add_route(route.method, route.path, routes.handler(route))
     for prefix in ("/v1", "/openai/v1"):
         app.router.add_get(f"{prefix}/models", _list_models)
         app.router.add_get(f"{prefix}/models/{{model}}", _list_models)

@@ -1,6 +1,6 @@
 """The request pipeline of every proxied call: authenticate, parse, route, reserve, forward, settle.
 
-Called by app.py's route handlers with an `Endpoint` saying what the route is (API format,
+Called by the route handlers of `routes` with an `Endpoint` saying what the route is (API format,
 operation, error family). Steps: auth.py (key) -> parse the few body fields needed (orjson) ->
 routing.py (credential + upstream model) -> max_tokens check -> limiter reserve (429 with
 Retry-After / x-ratelimit-* on deny; the key's policy when the limiter is down) -> the provider
@@ -14,18 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
-import os
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from llmkeys_proxy import auth, config, errors, routing, settlement, usage
+from llmkeys_proxy import auth, config, errors, headers, routing, settlement, tokens, usage
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import base as providers_base
 from llmkeys_proxy.state import STATE, ProxyState
@@ -36,62 +32,6 @@ logger = logging.getLogger("llmkeys.proxy")
 THREAD_ESTIMATE_BYTES = 64 * 1024
 #: Bytes of a provider's error message repeated to the client on a 5xx.
 _UPSTREAM_MESSAGE_LIMIT = 300
-
-# Never forwarded upstream: hop-by-hop headers (RFC 9110 7.6.1), what aiohttp sets itself, the
-# client's credentials, account selectors meaningless for the real account, client addresses.
-_DROP_REQUEST_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "content-type",
-        "expect",
-        "accept-encoding",
-        "cookie",
-        "openai-organization",
-        "openai-project",
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "x-real-ip",
-        "x-request-id",
-        *auth.CREDENTIAL_HEADERS,
-    }
-)
-# Never passed back to the client: hop-by-hop, framing the proxy redoes, and facts about the real
-# account (organisation ids, the shared account's rate limits: the key's own limits replace them).
-_DROP_RESPONSE_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "set-cookie",
-        "date",
-        "server",
-        "openai-organization",
-        "openai-project",
-        "anthropic-organization-id",
-        "x-request-id",
-        "retry-after",
-        "retry-after-ms",
-    }
-)
-_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 _DENY_MESSAGES: dict[str, str] = {
     "rate_limit_exceeded": "Rate limit reached for this key (requests per minute).",
@@ -122,77 +62,6 @@ class Endpoint:
     #: Streamed whatever the body says (Gemini streamGenerateContent, Bedrock converse-stream);
     #: None: the body's `stream` field decides.
     stream: bool | None = None
-
-
-def request_id_of(headers: CIMultiDictProxy[str]) -> str:
-    """The caller's x-request-id when it is a sane token, else a fresh random id."""
-    given = headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isascii() and given.isprintable() and " " not in given:
-        return given
-    return os.urandom(12).hex()
-
-
-def _go_duration(seconds: float) -> str:
-    """OpenAI's reset format (Go durations): 17ms, 1.5s, 6m0s, 1h2m3s."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    whole_minutes, secs = divmod(seconds, 60)
-    secs_text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
-    if whole_minutes < 1:
-        return secs_text
-    hours, minutes = divmod(int(whole_minutes), 60)
-    return (f"{hours}h" if hours else "") + f"{minutes}m" + secs_text
-
-
-def rate_limit_headers(rate: limits_base.RateState) -> dict[str, str]:
-    """OpenAI-style x-ratelimit-* headers for the key's own limits (absent where it has none)."""
-    headers: dict[str, str] = {}
-    if rate.limit_requests is not None:
-        headers["x-ratelimit-limit-requests"] = str(rate.limit_requests)
-    if rate.remaining_requests is not None:
-        headers["x-ratelimit-remaining-requests"] = str(max(0, rate.remaining_requests))
-    if rate.reset_requests_s is not None:
-        headers["x-ratelimit-reset-requests"] = _go_duration(rate.reset_requests_s)
-    if rate.limit_tokens is not None:
-        headers["x-ratelimit-limit-tokens"] = str(rate.limit_tokens)
-    if rate.remaining_tokens is not None:
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, rate.remaining_tokens))
-    if rate.reset_tokens_s is not None:
-        headers["x-ratelimit-reset-tokens"] = _go_duration(rate.reset_tokens_s)
-    return headers
-
-
-def _deny_headers(decision: limits_base.Decision, rate: dict[str, str]) -> dict[str, str]:
-    headers = dict(rate)
-    if decision.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after_s)))
-        headers["retry-after-ms"] = str(max(1, math.ceil(decision.retry_after_s * 1000)))
-    if decision.exhausted:
-        headers["x-should-retry"] = "false"
-    return headers
-
-
-def forward_headers(headers: CIMultiDictProxy[str], request_id: str) -> dict[str, str]:
-    """The client headers that may go upstream (see `_DROP_REQUEST_HEADERS`), plus our request id
-    and the content type of what the proxy verified the body to be (curl's default form type would
-    make a provider refuse it)."""
-    kept = {name: value for name, value in headers.items() if name.lower() not in _DROP_REQUEST_HEADERS}
-    kept["Content-Type"] = "application/json"
-    kept["X-Request-Id"] = request_id
-    return kept
-
-
-def response_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """Upstream response headers the client may see; the upstream's request id as x-upstream-request-id."""
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
-            if lower == "x-request-id":
-                kept["x-upstream-request-id"] = value
-            continue
-        kept.add(name, value)
-    return kept
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -261,7 +130,7 @@ async def handle(
     """Serve one proxied request end to end (see module docstring)."""
     state = request.app[STATE]
     outcome = settlement.Outcome(
-        request_id=request_id_of(request.headers),
+        request_id=headers.request_id_of(request.headers),
         method=request.method,
         path=request.path,
         api=endpoint.api,
@@ -391,7 +260,7 @@ async def _forward(
             )
         else:
             prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
-        estimate = usage.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
+        estimate = tokens.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
         estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
     await _reserve(
         state, key, pools, provider_limit, (prompt_tokens or 0) + reserve_output, estimated_cost, outcome
@@ -416,7 +285,7 @@ async def _forward(
         stream=stream,
         body=body_out,
         payload=payload_out,
-        headers=forward_headers(request.headers, outcome.request_id),
+        headers=headers.forward_headers(request.headers, outcome.request_id),
         query={k: v for k, v in request.query.items() if k != "key"} if request.query else {},
         request_id=outcome.request_id,
     )
@@ -483,13 +352,13 @@ async def _reserve(
             "Usage limits cannot be checked right now, so the request is refused; retry shortly.",
             headers={"Retry-After": "1"},
         ) from None
-    rate = rate_limit_headers(decision.rate)
+    rate = headers.rate_limit_headers(decision.rate)
     outcome.rate_headers = rate
     if not decision.allowed:
         code = decision.code or "rate_limit_exceeded"
         outcome.denied_scope = decision.scope_id
         raise errors.ProxyError(
-            code, decision.message or _DENY_MESSAGES[code], headers=_deny_headers(decision, rate)
+            code, decision.message or _DENY_MESSAGES[code], headers=headers.deny_headers(decision, rate)
         )
     outcome.reservation = decision.reservation
 
@@ -513,7 +382,7 @@ async def _whole(
         return _upstream_failure(upstream, data, adapter, route, outcome)
     counts = adapter.response_usage(call, upstream, data)
     if counts is None:
-        counts = usage.TokenCounts(
+        counts = tokens.TokenCounts(
             input_tokens=_prompt_tokens(prompt_tokens, call, outcome),
             output_tokens=_output_tokens_of(call, data),
         )
@@ -522,7 +391,7 @@ async def _whole(
         outcome.usage_source = "provider"
     outcome.counts = counts
     outcome.status = status
-    response = web.Response(status=status, body=data, headers=response_headers(upstream.headers))
+    response = web.Response(status=status, body=data, headers=headers.response_headers(upstream.headers))
     response.headers["x-request-id"] = outcome.request_id
     if outcome.rate_headers:
         response.headers.update(outcome.rate_headers)
@@ -559,7 +428,7 @@ def _upstream_failure(
         )
     # 4xx about the request itself (bad parameters, unknown model upstream, upstream 429): the
     # provider's own answer, which the caller's SDK understands.
-    response = web.Response(status=status, body=data, headers=response_headers(upstream.headers))
+    response = web.Response(status=status, body=data, headers=headers.response_headers(upstream.headers))
     for name in ("retry-after", "retry-after-ms"):
         value = upstream.headers.get(name)
         if value is not None:
@@ -609,7 +478,7 @@ def _output_tokens_of(call: providers_base.UpstreamCall, data: bytes) -> int:
             for part in parts if isinstance(parts, list) else ():
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     texts.append(part["text"])
-    return usage.count_tokens(call.upstream_model, "".join(texts)) if texts else 0
+    return tokens.count_tokens(call.upstream_model, "".join(texts)) if texts else 0
 
 
 async def _stream(
@@ -622,7 +491,7 @@ async def _stream(
     outcome: settlement.Outcome,
 ) -> web.StreamResponse:
     """Pass a streamed body through chunk by chunk, metering usage; settles whatever happens."""
-    response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream.headers))
+    response = web.StreamResponse(status=upstream.status, headers=headers.response_headers(upstream.headers))
     response.headers["x-request-id"] = outcome.request_id
     if outcome.rate_headers:
         response.headers.update(outcome.rate_headers)

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmkeys_proxy import config
-from llmkeys_proxy.usage import TokenCounts
+from llmkeys_proxy import config, tokens
 
 #: The shipped table.
 PRICES_PATH = Path(__file__).parent / "data" / "prices.json"
@@ -72,7 +71,7 @@ class Cost:
     resolved: ResolvedPrice
 
 
-def cost_micro_usd(price: config.ModelPrice, counts: TokenCounts) -> int:
+def cost_micro_usd(price: config.ModelPrice, counts: tokens.TokenCounts) -> int:
     """Cost of `counts` at `price` in integer micro-USD, rounded UP to the next micro-USD.
 
     Cached input is charged at `cached_input` and cache writes at `cache_write` (each falls back to
@@ -226,7 +225,7 @@ class PriceTable:
         return ResolvedPrice(self.default, "default", "*")
 
     def cost(
-        self, model: str, counts: TokenCounts, overrides: Mapping[str, config.ModelPrice] = _EMPTY
+        self, model: str, counts: tokens.TokenCounts, overrides: Mapping[str, config.ModelPrice] = _EMPTY
     ) -> Cost:
         """Price `counts` for `model` (long-context tier chosen from `counts.input_tokens`)."""
         resolved = self.resolve(model, overrides, input_tokens=counts.input_tokens)

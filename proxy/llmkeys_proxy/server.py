@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmkeys_proxy import settings, sources, tls
+from llmkeys_proxy import settings, sources, tls, tokens
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.server")
@@ -244,26 +244,25 @@ async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
 
 def encodings_to_preload(proxy_settings: settings.ProxySettings) -> tuple[str, ...]:
     """The encodings LLMKEYS_PRELOAD_ENCODINGS names; ValueError for one we do not ship."""
-    from llmkeys_proxy import usage
 
     names = tuple(
         name
         for name in (part.strip() for part in proxy_settings.preload_encodings.split(","))
         if name not in ("", "none")
     )
-    unknown = sorted(set(names) - set(usage.ENCODINGS))
+    unknown = sorted(set(names) - set(tokens.ENCODINGS))
     if unknown:
         raise ValueError(
-            f"LLMKEYS_PRELOAD_ENCODINGS names unknown encodings {unknown}; shipped: {sorted(usage.ENCODINGS)}"
+            f"LLMKEYS_PRELOAD_ENCODINGS names unknown encodings {unknown}; "
+            f"shipped: {sorted(tokens.ENCODINGS)}"
         )
     return names
 
 
 def preload_encodings(proxy_settings: settings.ProxySettings) -> None:
     """Build the configured tiktoken encodings now, before traffic (see ProxySettings)."""
-    from llmkeys_proxy import usage
 
-    usage.preload_encodings(encodings_to_preload(proxy_settings))
+    tokens.preload_encodings(encodings_to_preload(proxy_settings))
 
 
 def freeze_startup_heap() -> None:

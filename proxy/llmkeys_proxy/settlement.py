@@ -14,7 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from llmkeys_proxy import audit, audit_sinks, config, errors, metrics, pricing, usage
+from llmkeys_proxy import audit, audit_sinks, config, errors, metrics, pricing, tokens
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.settlement")
@@ -41,7 +41,7 @@ class Outcome:
     stream: bool = False
     reservation: limits_base.Reservation | None = None
     #: What to charge (None: nothing was served: refund).
-    counts: usage.TokenCounts | None = None
+    counts: tokens.TokenCounts | None = None
     usage_source: str = "none"
     limiter_bypassed: bool = False
     client_disconnected: bool = False
@@ -303,7 +303,7 @@ def _secret_values(provider: config.ProviderEntry | None) -> tuple[bytes, ...]:
     return tuple(v.encode() for v in values if v and len(v) >= 8)
 
 
-def _actual(counts: usage.TokenCounts, micro_usd: int) -> limits_base.ActualUsage:
+def _actual(counts: tokens.TokenCounts, micro_usd: int) -> limits_base.ActualUsage:
     return limits_base.ActualUsage(
         input_tokens=counts.input_tokens,
         cached_input_tokens=counts.cached_input_tokens,

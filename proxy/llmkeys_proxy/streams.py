@@ -1,4 +1,4 @@
-"""Streamed-response parsing: SSE and AWS event-stream framing, and usage capture from a teed stream.
+"""Usage capture from a teed streamed response, for every wire format the proxy serves.
 
 The proxy's forwarding loop passes every upstream chunk through `StreamUsage.feed` on its way to
 the client and settles the request with `StreamUsage.usage` (what the provider reported) or, for a
@@ -6,7 +6,7 @@ stream cut off before its usage arrived, `StreamUsage.fallback_counts` (tiktoken
 passed). Hot path: bytes are forwarded untouched (the same object) and only the few events that
 carry usage or end the stream are JSON-parsed, found by cheap substring tests over whole events;
 text for the fallback is extracted only when the fallback is actually asked for.
-`SSEParser`, `EventStreamParser` and the encoders are general framing tools; the unit tests use them.
+Framing is format-free and lives in `sse` (server-sent events) and `eventstream` (AWS).
 """
 
 from __future__ import annotations
@@ -14,357 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import struct
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from llmkeys_proxy import eventstream, sse, tokens
 from llmkeys_proxy import usage as usage_mod
-from llmkeys_proxy.usage import ApiFormat, TokenCounts
-
-# --------------------------------------------------------------------------------------------------
-# Server-sent events (WHATWG HTML "server-sent events" parsing rules)
-
-
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched SSE event; `event` is "message" when the stream named none."""
-
-    event: str
-    data: str
-    id: str | None = None
-    retry: int | None = None
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-@dataclass(slots=True)
-class _RawEvent:
-    """An event inside a block of whole events, with its byte span (for dropping it)."""
-
-    event: bytes
-    data: bytes
-    start: int
-    end: int
-    id: bytes | None = None
-    retry: bytes | None = None
-
-
-def _field(line: bytes) -> tuple[bytes, bytes]:
-    name, sep, value = line.partition(b":")
-    if sep and value[:1] == b" ":
-        value = value[1:]
-    return name, value
-
-
-def _raw_events(block: bytes, *, flush: bool = False) -> Iterator[_RawEvent]:
-    """Events of `block`; an unterminated last event is yielded only with `flush`."""
-    data: list[bytes] = []
-    event = b""
-    event_id: bytes | None = None
-    retry: bytes | None = None
-    start = 0
-    pos = 0
-    for match in _LINE_END.finditer(block):
-        line = block[pos : match.start()]
-        pos = match.end()
-        if not line:
-            if data:
-                yield _RawEvent(event or b"message", b"\n".join(data), start, pos, event_id, retry)
-            data, event, retry = [], b"", None
-            start = pos
-            continue
-        if line[:1] == b":":
-            continue
-        name, value = _field(line)
-        if name == b"data":
-            data.append(value)
-        elif name == b"event":
-            event = value
-        elif name == b"id" and b"\0" not in value:
-            event_id = value
-        elif name == b"retry" and value.isdigit():
-            retry = value
-    if flush:
-        tail = block[pos:]
-        if tail and tail[:1] != b":":
-            name, value = _field(tail)
-            if name == b"data":
-                data.append(value)
-            elif name == b"event":
-                event = value
-        if data:
-            yield _RawEvent(event or b"message", b"\n".join(data), start, len(block), event_id, retry)
-
-
-def _boundary_before(data: bytes, pos: int) -> int:
-    """Index just past the last blank line (event boundary) ending at or before `pos`, or -1.
-
-    A boundary is two line endings in a row (LF LF, CRLF CRLF, CR CR, mixed). The rarer CR forms
-    are searched only after the last LF LF, so a block is scanned about once."""
-    end = data.rfind(b"\n\n", 0, pos)
-    if end >= 0:
-        end += 2
-    low = max(end - 3, 0)
-    crlf = data.rfind(b"\n\r\n", low, pos)
-    if crlf >= 0 and crlf + 3 > end:
-        end = crlf + 3
-    cr = data.rfind(b"\r\r", low, pos)
-    if cr >= 0 and cr + 2 > end:
-        # CR CR LF: the LF belongs to the second line ending. (Cutting after CR CR when the LF only
-        # arrives with the next read leaves it to start the next block, where it reads as an empty
-        # line and dispatches nothing: harmless.)
-        end = cr + 3 if data[cr + 2 : cr + 3] == b"\n" and cr + 3 <= pos else cr + 2
-    return end
-
-
-def _last_event_end(data: bytes) -> int:
-    """Index just past the last event boundary in `data`, or -1 when there is none."""
-    return _boundary_before(data, len(data))
-
-
-def _event_start(block: bytes, pos: int) -> int:
-    """Start of the event containing `pos`: just past the previous blank line (or 0)."""
-    return max(_boundary_before(block, pos), 0)
-
-
-class SSEParser:
-    """Incremental SSE parser: feed raw bytes as they arrive, get the events completed so far.
-
-    Handles CRLF, CR and LF line endings (also a CRLF split across two chunks), comments, multi-line
-    data and a leading BOM. `close()` returns an unterminated last event (lenient: usage often sits
-    in the last event of a stream whose server forgot the final blank line)."""
-
-    __slots__ = ("_buffer", "_last_id", "_started")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._last_id: str | None = None
-        self._started = False
-
-    def _convert(self, raw: Iterator[_RawEvent]) -> list[SSEEvent]:
-        events: list[SSEEvent] = []
-        for item in raw:
-            if item.id is not None:
-                self._last_id = item.id.decode("utf-8", "replace")
-            events.append(
-                SSEEvent(
-                    event=item.event.decode("utf-8", "replace"),
-                    data=item.data.decode("utf-8", "replace"),
-                    id=self._last_id,
-                    retry=int(item.retry) if item.retry is not None else None,
-                )
-            )
-        return events
-
-    def feed(self, data: bytes) -> list[SSEEvent]:
-        buffer = self._buffer + data if self._buffer else data
-        if not self._started and buffer:
-            if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
-                self._buffer = buffer
-                return []
-            self._started = True
-            if buffer.startswith(b"\xef\xbb\xbf"):
-                buffer = buffer[3:]
-        cut = _last_event_end(buffer)
-        if cut < 0:
-            self._buffer = buffer
-            return []
-        self._buffer = buffer[cut:]
-        return self._convert(_raw_events(buffer[:cut]))
-
-    def close(self) -> list[SSEEvent]:
-        buffer, self._buffer = self._buffer, b""
-        return self._convert(_raw_events(buffer, flush=True)) if buffer else []
-
-
-def format_sse_event(data: str | bytes, event: str | None = None) -> bytes:
-    """One SSE event as bytes (`event:` line when named, one `data:` line per data line)."""
-    payload = data.encode() if isinstance(data, str) else data
-    lines = [b"event: " + event.encode()] if event else []
-    lines.extend(b"data: " + line for line in payload.split(b"\n"))
-    return b"\n".join(lines) + b"\n\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# AWS event stream (application/vnd.amazon.eventstream)
-
-HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
-
-#: Largest frame accepted (AWS: payload <= 16 MiB, headers <= 128 KiB); bigger means corruption.
-MAX_EVENT_FRAME_BYTES = 16 * 1024 * 1024 + 128 * 1024 + 16
-_PRELUDE = struct.Struct(">III")
-_CRC = struct.Struct(">I")
-
-
-class EventStreamError(ValueError):
-    """A frame failed its CRC or length checks: the stream is corrupt and cannot be resynchronised."""
-
-
-@dataclass(frozen=True, slots=True)
-class EventStreamMessage:
-    """One decoded frame: its headers and raw payload."""
-
-    headers: Mapping[str, HeaderValue]
-    payload: bytes
-
-    def _text(self, name: str) -> str | None:
-        value = self.headers.get(name)
-        return value if isinstance(value, str) else None
-
-    @property
-    def message_type(self) -> str | None:
-        """`event`, `exception` or `error`."""
-        return self._text(":message-type")
-
-    @property
-    def event_type(self) -> str | None:
-        return self._text(":event-type")
-
-    @property
-    def exception_type(self) -> str | None:
-        return self._text(":exception-type")
-
-
-def _decode_headers(data: bytes) -> dict[str, HeaderValue]:
-    headers: dict[str, HeaderValue] = {}
-    pos = 0
-    end = len(data)
-    try:
-        while pos < end:
-            name_len = data[pos]
-            name = data[pos + 1 : pos + 1 + name_len].decode("utf-8")
-            pos += 1 + name_len
-            kind = data[pos]
-            pos += 1
-            value: HeaderValue
-            if kind == 7 or kind == 6:  # string / byte array
-                (length,) = struct.unpack_from(">H", data, pos)
-                raw = data[pos + 2 : pos + 2 + length]
-                if len(raw) != length:
-                    raise EventStreamError("truncated event-stream header")
-                value = raw.decode("utf-8") if kind == 7 else raw
-                pos += 2 + length
-            elif kind == 0 or kind == 1:
-                value = kind == 0
-            elif kind == 2:
-                value = struct.unpack_from(">b", data, pos)[0]
-                pos += 1
-            elif kind == 3:
-                value = struct.unpack_from(">h", data, pos)[0]
-                pos += 2
-            elif kind == 4:
-                value = struct.unpack_from(">i", data, pos)[0]
-                pos += 4
-            elif kind == 5:
-                value = struct.unpack_from(">q", data, pos)[0]
-                pos += 8
-            elif kind == 8:
-                millis = struct.unpack_from(">q", data, pos)[0]
-                value = datetime.fromtimestamp(millis / 1000, tz=UTC)
-                pos += 8
-            elif kind == 9:
-                value = uuid.UUID(bytes=data[pos : pos + 16])
-                pos += 16
-            else:
-                raise EventStreamError(f"unknown event-stream header type {kind}")
-            headers[name] = value
-    except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, EventStreamError):
-            raise
-        raise EventStreamError("malformed event-stream headers") from None
-    if pos != end:
-        raise EventStreamError("malformed event-stream headers")
-    return headers
-
-
-class EventStreamParser:
-    """Incremental vnd.amazon.eventstream decoder: frames may span reads; both CRCs are checked.
-
-    After an EventStreamError the parser stays failed (frame boundaries are lost)."""
-
-    __slots__ = ("_buffer", "_failed")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._failed = False
-
-    def feed(self, data: bytes) -> list[EventStreamMessage]:
-        if self._failed:
-            raise EventStreamError("event stream already failed")
-        buffer = self._buffer + data if self._buffer else data
-        messages: list[EventStreamMessage] = []
-        pos = 0
-        size = len(buffer)
-        try:
-            while size - pos >= 12:
-                total, headers_len, prelude_crc = _PRELUDE.unpack_from(buffer, pos)
-                if binascii.crc32(buffer[pos : pos + 8]) != prelude_crc:
-                    raise EventStreamError("event-stream prelude CRC mismatch")
-                if total < 16 or total > MAX_EVENT_FRAME_BYTES or headers_len > total - 16:
-                    raise EventStreamError("event-stream frame length out of range")
-                if size - pos < total:
-                    break
-                frame_end = pos + total
-                (message_crc,) = _CRC.unpack_from(buffer, frame_end - 4)
-                if binascii.crc32(buffer[pos : frame_end - 4]) != message_crc:
-                    raise EventStreamError("event-stream message CRC mismatch")
-                headers_start = pos + 12
-                payload_start = headers_start + headers_len
-                messages.append(
-                    EventStreamMessage(
-                        headers=_decode_headers(buffer[headers_start:payload_start]),
-                        payload=buffer[payload_start : frame_end - 4],
-                    )
-                )
-                pos = frame_end
-        except EventStreamError:
-            self._failed = True
-            self._buffer = b""
-            raise
-        self._buffer = buffer[pos:] if pos < size else b""
-        return messages
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of an incomplete frame held back (non-zero at end of stream means truncation)."""
-        return len(self._buffer)
-
-
-def encode_event_message(headers: Mapping[str, str | bytes | bool | int], payload: bytes) -> bytes:
-    """One event-stream frame with correct CRCs (strings, byte arrays, bools and int32 headers)."""
-    encoded = bytearray()
-    for name, value in headers.items():
-        raw_name = name.encode()
-        encoded += bytes([len(raw_name)]) + raw_name
-        if isinstance(value, bool):
-            encoded.append(0 if value else 1)
-        elif isinstance(value, int):
-            encoded += b"\x04" + struct.pack(">i", value)
-        else:
-            raw = value.encode() if isinstance(value, str) else value
-            encoded += (b"\x07" if isinstance(value, str) else b"\x06") + struct.pack(">H", len(raw)) + raw
-    total = 12 + len(encoded) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(encoded))
-    head = prelude + _CRC.pack(binascii.crc32(prelude)) + bytes(encoded) + payload
-    return head + _CRC.pack(binascii.crc32(head))
-
-
-def encode_aws_event(event_type: str, body: Mapping[str, Any]) -> bytes:
-    """A Bedrock-style `event` frame carrying a JSON body (what fake upstreams send)."""
-    return encode_event_message(
-        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
-        orjson.dumps(body),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Usage capture
+from llmkeys_proxy.usage import ApiFormat
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _SSE_APIS = (
@@ -387,14 +44,6 @@ def _loads(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-
-
-def _event_data_at(block: bytes, pos: int) -> bytes | None:
-    """The data of the SSE event containing `pos` (a whole-events block)."""
-    start = _event_start(block, pos)
-    for event in _raw_events(block[start:], flush=True):
-        return event.data
-    return None
 
 
 def _is_done_line(block: bytes, pos: int) -> bool:
@@ -481,7 +130,7 @@ class StreamUsage:
         self._complete = False
         self._final = False
         self._error = False
-        self._usage: TokenCounts | None = None
+        self._usage: tokens.TokenCounts | None = None
         # Anthropic: message_start usage merged with each (cumulative) message_delta usage.
         self._anthropic_usage: dict[str, Any] | None = None
         # Gemini: where the last usageMetadata was seen (block, position; -1 = the block is the
@@ -489,7 +138,9 @@ class StreamUsage:
         self._gemini_last: tuple[bytes, int] | None = None
         self._gemini_array: _JsonArrayElements | None = None
         self._sniffed = api != "gemini"
-        self._events = EventStreamParser() if api in ("bedrock-converse", "bedrock-invoke") else None
+        self._events = (
+            eventstream.EventStreamParser() if api in ("bedrock-converse", "bedrock-invoke") else None
+        )
         self._block = {
             "openai-responses": self._responses_block,
             "anthropic-messages": self._anthropic_block,
@@ -504,12 +155,12 @@ class StreamUsage:
     # -- public ---------------------------------------------------------------------------------
 
     @property
-    def usage(self) -> TokenCounts | None:
+    def usage(self) -> tokens.TokenCounts | None:
         """Provider-reported usage seen so far (final once the stream is complete)."""
         if self._gemini_last is not None:
             block, pos = self._gemini_last
             self._gemini_last = None
-            payload = _loads(block if pos < 0 else (_event_data_at(block, pos) or b""))
+            payload = _loads(block if pos < 0 else (sse.event_data_at(block, pos) or b""))
             if isinstance(payload, dict):
                 counts = usage_mod.usage_from_json("gemini", payload)
                 if counts is not None:
@@ -546,7 +197,7 @@ class StreamUsage:
             return chunk
         data = self._carry + chunk if self._carry else chunk
         # Fast path: upstreams flush whole events, so a read usually ends on a boundary.
-        cut = len(data) if data.endswith(b"\n\n") or data.endswith(b"\n\r\n") else _last_event_end(data)
+        cut = len(data) if data.endswith(b"\n\n") or data.endswith(b"\n\r\n") else sse.last_event_end(data)
         if cut < 0:
             if len(data) > MAX_SSE_EVENT_BYTES:
                 self._passthrough = True
@@ -576,7 +227,7 @@ class StreamUsage:
         out = self._block(tail, True)
         return out if self._hide else b""
 
-    def fallback_counts(self, prompt_tokens: int) -> TokenCounts:
+    def fallback_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
         """Usage of a stream cut off before its final usage: provider-reported parts where known
         (e.g. Anthropic's message_start input), else `prompt_tokens`; output counted with tiktoken
         from the text that passed (reasoning the provider never streamed cannot be seen)."""
@@ -584,8 +235,8 @@ class StreamUsage:
         counted = self._folded_output_tokens
         reported = self.usage
         if reported is None:
-            return TokenCounts(input_tokens=prompt_tokens, output_tokens=counted)
-        return TokenCounts(
+            return tokens.TokenCounts(input_tokens=prompt_tokens, output_tokens=counted)
+        return tokens.TokenCounts(
             input_tokens=reported.input_tokens or prompt_tokens,
             cached_input_tokens=reported.cached_input_tokens,
             cache_write_tokens=reported.cache_write_tokens,
@@ -593,7 +244,7 @@ class StreamUsage:
             reasoning_tokens=reported.reasoning_tokens,
         )
 
-    def settled_counts(self, prompt_tokens: int) -> TokenCounts:
+    def settled_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
         """What to charge: the provider's final usage when it arrived, else `fallback_counts`."""
         usage = self.usage
         if usage is not None and (self._final or self._complete):
@@ -650,10 +301,10 @@ class StreamUsage:
         drop: list[tuple[int, int]] = []
         for match in _USAGE_OBJECT.finditer(block):
             # Parse only the event around the match, not the whole block.
-            start = _event_start(block, match.start())
+            start = sse.event_start(block, match.start())
             if drop and start < drop[-1][1]:
                 continue
-            for event in _raw_events(block[start:], flush=flush):
+            for event in sse.raw_events(block[start:], flush=flush):
                 self._openai_event(event.data, start + event.start, start + event.end, drop)
                 break
         if not drop:
@@ -682,7 +333,7 @@ class StreamUsage:
                 drop.append((start, end))
 
     def _responses_events(self, block: bytes, flush: bool) -> None:
-        for event in _raw_events(block, flush=flush):
+        for event in sse.raw_events(block, flush=flush):
             name = event.event
             if name == b"message":  # no event line: the type is in the data
                 if not any(m in event.data for m in _RESPONSES_END) and b"error" not in event.data:
@@ -708,7 +359,7 @@ class StreamUsage:
                     self._final = True
 
     def _anthropic_events(self, block: bytes, flush: bool) -> None:
-        for event in _raw_events(block, flush=flush):
+        for event in sse.raw_events(block, flush=flush):
             name = event.event
             if name == b"message":  # no event line: the type is in the data
                 if not any(m in event.data for m in (b"message_", b"error")):
@@ -756,7 +407,7 @@ class StreamUsage:
         assert self._events is not None
         try:
             messages = self._events.feed(chunk)
-        except EventStreamError:
+        except eventstream.EventStreamError:
             self._error = True
             return
         for message in messages:
@@ -768,7 +419,7 @@ class StreamUsage:
             else:
                 self._invoke_chunk(message)
 
-    def _converse_event(self, message: EventStreamMessage) -> None:
+    def _converse_event(self, message: eventstream.EventStreamMessage) -> None:
         event_type = message.event_type
         if event_type == "metadata":
             payload = _loads(message.payload)
@@ -780,7 +431,7 @@ class StreamUsage:
         elif event_type in ("contentBlockDelta", "contentBlockStart"):
             self._keep(message.payload)
 
-    def _invoke_chunk(self, message: EventStreamMessage) -> None:
+    def _invoke_chunk(self, message: eventstream.EventStreamMessage) -> None:
         if message.event_type != "chunk":
             return
         envelope = _loads(message.payload)
@@ -815,7 +466,7 @@ class StreamUsage:
         texts: list[str] = []
         if self.api in _SSE_APIS or (self.api == "gemini" and self._gemini_array is None):
             for block in kept:
-                for event in _raw_events(block, flush=True):
+                for event in sse.raw_events(block, flush=True):
                     payload = _loads(event.data)
                     if isinstance(payload, dict):
                         _collect_text(self.api, payload, texts)
@@ -827,7 +478,7 @@ class StreamUsage:
         if not texts:
             return 0
         # Streamed pieces are one contiguous output: tokenise them together, as the model did.
-        return usage_mod.count_tokens(self.model, "".join(texts))
+        return tokens.count_tokens(self.model, "".join(texts))
 
 
 def _append(texts: list[str], value: object) -> None:

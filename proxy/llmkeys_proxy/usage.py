@@ -1,32 +1,21 @@
-"""Token counting (offline tiktoken) and usage extraction from every provider's JSON; the proxy calls it.
+"""Prompt estimates, requested output caps and usage extraction from every provider's JSON.
 
 The proxy's request pipeline uses `estimate_prompt_tokens` + `requested_output_tokens` to size a
 reservation before forwarding, and `usage_from_json` to settle a non-streamed response with the
 usage the provider reported (`streams.StreamUsage` does the same for streams). Local counts are
 estimates: a provider's reported usage always wins when there is one.
-
-Encodings are the BPE rank files shipped in `llmkeys_proxy/encodings/`, checked against tiktoken's
-published SHA-256 hashes and parsed here, so nothing ever touches the network or a cache directory
-(air-gapped clusters, read-only root file systems).
+Counting itself (the verified offline encodings) is `tokens`.
 """
 
 from __future__ import annotations
 
-import base64
-import ctypes
-import functools
-import gc
-import hashlib
 import math
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import tiktoken
-import tiktoken.model
+
+from llmkeys_proxy import tokens
 
 ApiFormat = Literal[
     "openai-chat",
@@ -39,12 +28,6 @@ ApiFormat = Literal[
     "bedrock-invoke",
 ]
 
-#: Folder of the shipped `<encoding>.tiktoken` rank files.
-ENCODINGS_DIR = Path(__file__).parent / "encodings"
-
-#: Fallback encoding for models tiktoken does not know (newer OpenAI families, Claude, Gemini, ...).
-DEFAULT_ENCODING = "o200k_base"
-
 # Rough allowances for request parts tiktoken cannot count. Reservations only need the right order
 # of magnitude; settlement replaces them with the provider's reported usage.
 #: An image, audio clip, video or file part: OpenAI charges 85..~1,100 tokens per image, Anthropic up
@@ -54,230 +37,6 @@ NON_TEXT_PART_TOKENS = 1024
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
-
-_ENDOFTEXT = "<|endoftext|>"
-_ENDOFPROMPT = "<|endofprompt|>"
-
-_CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
-    r"""\s*[\r\n]|\s+(?!\S)|\s"""
-)
-_O200K_PATTERN = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodingSpec:
-    """How to build one tiktoken encoding from a shipped rank file (mirrors tiktoken_ext.openai_public)."""
-
-    name: str
-    file: str
-    sha256: str
-    size: int
-    pattern: str
-    special_tokens: Mapping[str, int]
-
-
-def _harmony_special_tokens() -> dict[str, int]:
-    tokens = {
-        _ENDOFTEXT: 199999,
-        _ENDOFPROMPT: 200018,
-        "<|startoftext|>": 199998,
-        "<|reserved_200000|>": 200000,
-        "<|reserved_200001|>": 200001,
-        "<|return|>": 200002,
-        "<|constrain|>": 200003,
-        "<|reserved_200004|>": 200004,
-        "<|channel|>": 200005,
-        "<|start|>": 200006,
-        "<|end|>": 200007,
-        "<|message|>": 200008,
-        "<|reserved_200009|>": 200009,
-        "<|reserved_200010|>": 200010,
-        "<|reserved_200011|>": 200011,
-        "<|call|>": 200012,
-    }
-    tokens.update({f"<|reserved_{i}|>": i for i in range(200013, 201088)})
-    return tokens
-
-
-#: Shipped encodings; hashes and sizes are tiktoken's published ones (tiktoken_ext/openai_public.py).
-ENCODINGS: Mapping[str, EncodingSpec] = {
-    "cl100k_base": EncodingSpec(
-        name="cl100k_base",
-        file="cl100k_base.tiktoken",
-        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        size=1_681_126,
-        pattern=_CL100K_PATTERN,
-        special_tokens={
-            _ENDOFTEXT: 100257,
-            "<|fim_prefix|>": 100258,
-            "<|fim_middle|>": 100259,
-            "<|fim_suffix|>": 100260,
-            _ENDOFPROMPT: 100276,
-        },
-    ),
-    "o200k_base": EncodingSpec(
-        name="o200k_base",
-        file="o200k_base.tiktoken",
-        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        size=3_613_922,
-        pattern=_O200K_PATTERN,
-        special_tokens={_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
-    ),
-    # gpt-oss: the o200k ranks with the harmony chat-format specials.
-    "o200k_harmony": EncodingSpec(
-        name="o200k_harmony",
-        file="o200k_base.tiktoken",
-        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        size=3_613_922,
-        pattern=_O200K_PATTERN,
-        special_tokens=_harmony_special_tokens(),
-    ),
-}
-
-
-class EncodingIntegrityError(ValueError):
-    """A shipped encoding file is missing, truncated or altered (its SHA-256 does not match)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
-    """Usage of one request, normalised across providers.
-
-    `input_tokens` is ALL input: for OpenAI/Gemini the reported prompt count (it includes cached
-    tokens); for Anthropic/Bedrock input + cache reads + cache writes. `output_tokens` includes
-    reasoning/thinking tokens; the detail fields are subsets of the totals, for pricing and audit.
-    """
-
-    input_tokens: int
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-
-# --------------------------------------------------------------------------------------------------
-# Encodings
-
-
-def _parse_ranks(data: bytes) -> dict[bytes, int]:
-    ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return ranks
-
-
-def _read_verified(path: Path, sha256: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise EncodingIntegrityError(f"encoding file {path.name} cannot be read: {exc.strerror}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise EncodingIntegrityError(
-            f"encoding file {path.name} has SHA-256 {actual}, expected {sha256}: refusing to use it"
-        )
-    return data
-
-
-_LOAD_LOCK = threading.Lock()
-_LOADED: dict[tuple[str, Path], tiktoken.Encoding] = {}
-
-
-def load_encoding(name: str, directory: Path = ENCODINGS_DIR) -> tiktoken.Encoding:
-    """The named encoding built from the shipped (hash-verified) rank file; cached per process.
-
-    Raises KeyError for an encoding we do not ship and EncodingIntegrityError for a bad file.
-    Loading takes a fraction of a second: call `preload_encodings` at start-up, not on a request.
-    """
-    key = (name, directory)
-    encoding = _LOADED.get(key)
-    if encoding is not None:
-        return encoding
-    spec = ENCODINGS[name]
-    with _LOAD_LOCK:  # estimates may run in worker threads: build each encoding once
-        encoding = _LOADED.get(key)
-        if encoding is None:
-            data = _read_verified(directory / spec.file, spec.sha256)
-            encoding = tiktoken.Encoding(
-                name=spec.name,
-                pat_str=spec.pattern,
-                mergeable_ranks=_parse_ranks(data),
-                special_tokens=dict(spec.special_tokens),
-            )
-            # tiktoken keeps the Python dict of ranks beside its Rust copy, for pickling only
-            # (~28 MB for o200k): counting never needs it, and every proxy worker would carry it.
-            encoding._mergeable_ranks = {}
-            del data
-            _return_freed_memory()
-            _LOADED[key] = encoding
-    return encoding
-
-
-def _return_freed_memory() -> None:
-    """Give the parse's garbage (the rank file and its dict) back to the OS (glibc; a no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    gc.collect()
-    trim(0)
-
-
-def preload_encodings(names: tuple[str, ...] = ("o200k_base", "cl100k_base")) -> None:
-    """Load (and verify) encodings ahead of traffic; raises EncodingIntegrityError on a bad file,
-    so a broken image fails at start-up rather than on the first request."""
-    for name in names:
-        load_encoding(name)
-
-
-#: Routing prefixes some clients put before OpenAI model names (tiktoken knows `ft:` itself).
-_MODEL_PREFIXES = ("openai/", "azure/", "models/")
-
-
-@functools.lru_cache(maxsize=4096)
-def encoding_name_for_model(model: str) -> str:
-    """tiktoken's model map (shipped encodings only); unknown models get `DEFAULT_ENCODING`."""
-    name = model
-    for prefix in _MODEL_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-    try:
-        encoding = str(tiktoken.model.encoding_name_for_model(name))
-    except KeyError:
-        return DEFAULT_ENCODING
-    # r50k/p50k/gpt2 (retired models) are not shipped: cl100k is their closest successor.
-    return encoding if encoding in ENCODINGS else "cl100k_base"
-
-
-def encoding_for_model(model: str) -> tiktoken.Encoding:
-    """The tiktoken encoding used to count `model`'s tokens (an estimate for non-OpenAI models)."""
-    return load_encoding(encoding_name_for_model(model))
-
-
-def count_tokens(model: str, text: str) -> int:
-    """Number of tokens of `text`; special-token look-alikes in user text count as plain text."""
-    if not text:
-        return 0
-    return len(encoding_for_model(model).encode_ordinary(text))
-
 
 # --------------------------------------------------------------------------------------------------
 # Request estimates
@@ -306,7 +65,7 @@ class _Counter:
     def total(self, model: str) -> int:
         if not self.texts:
             return self.fixed
-        encode = encoding_for_model(model).encode_ordinary
+        encode = tokens.encoding_for_model(model).encode_ordinary
         # Each value separately, as the cookbook recipe does: joining would merge tokens at the seams.
         return self.fixed + sum(len(encode(text)) for text in self.texts)
 
@@ -691,13 +450,13 @@ def _n(value: object) -> int:
     return _int(value) or 0
 
 
-def openai_usage(usage: Mapping[str, Any]) -> TokenCounts:
+def openai_usage(usage: Mapping[str, Any]) -> tokens.TokenCounts:
     """Chat/Completions/Embeddings `usage` (prompt_tokens includes cached tokens)."""
     prompt = _get(usage, "prompt_tokens_details")
     completion = _get(usage, "completion_tokens_details")
     prompt_details: Mapping[str, Any] = prompt if isinstance(prompt, Mapping) else {}
     completion_details: Mapping[str, Any] = completion if isinstance(completion, Mapping) else {}
-    return TokenCounts(
+    return tokens.TokenCounts(
         input_tokens=_n(usage.get("prompt_tokens")),
         cached_input_tokens=_n(prompt_details.get("cached_tokens")),
         cache_write_tokens=_n(prompt_details.get("cache_write_tokens")),
@@ -706,9 +465,9 @@ def openai_usage(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def openai_responses_usage(usage: Mapping[str, Any]) -> TokenCounts:
+def openai_responses_usage(usage: Mapping[str, Any]) -> tokens.TokenCounts:
     """Responses API `usage` (input_tokens includes cached tokens)."""
-    return TokenCounts(
+    return tokens.TokenCounts(
         input_tokens=_n(usage.get("input_tokens")),
         cached_input_tokens=_n(_get(usage, "input_tokens_details", "cached_tokens")),
         output_tokens=_n(usage.get("output_tokens")),
@@ -716,11 +475,13 @@ def openai_responses_usage(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def _input_excluding_cache(input_tokens: Any, cache_read: Any, cache_write: Any, output: Any) -> TokenCounts:
+def _input_excluding_cache(
+    input_tokens: Any, cache_read: Any, cache_write: Any, output: Any
+) -> tokens.TokenCounts:
     """Counts of the providers whose input excludes cache reads and writes (Anthropic, Bedrock):
     both are added back, so `input_tokens` means all input everywhere."""
     read, write = _n(cache_read), _n(cache_write)
-    return TokenCounts(
+    return tokens.TokenCounts(
         input_tokens=_n(input_tokens) + read + write,
         cached_input_tokens=read,
         cache_write_tokens=write,
@@ -728,7 +489,7 @@ def _input_excluding_cache(input_tokens: Any, cache_read: Any, cache_write: Any,
     )
 
 
-def anthropic_usage(usage: Mapping[str, Any]) -> TokenCounts:
+def anthropic_usage(usage: Mapping[str, Any]) -> tokens.TokenCounts:
     """Anthropic `usage`: input_tokens excludes cache reads and writes."""
     return _input_excluding_cache(
         usage.get("input_tokens"),
@@ -738,10 +499,10 @@ def anthropic_usage(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def gemini_usage(metadata: Mapping[str, Any]) -> TokenCounts:
+def gemini_usage(metadata: Mapping[str, Any]) -> tokens.TokenCounts:
     """Gemini `usageMetadata`: prompt includes cached content; thoughts are billed as output."""
     thoughts = _n(metadata.get("thoughtsTokenCount"))
-    return TokenCounts(
+    return tokens.TokenCounts(
         input_tokens=_n(metadata.get("promptTokenCount")) + _n(metadata.get("toolUsePromptTokenCount")),
         cached_input_tokens=_n(metadata.get("cachedContentTokenCount")),
         output_tokens=_n(metadata.get("candidatesTokenCount")) + thoughts,
@@ -749,7 +510,7 @@ def gemini_usage(metadata: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def bedrock_usage(usage: Mapping[str, Any]) -> TokenCounts:
+def bedrock_usage(usage: Mapping[str, Any]) -> tokens.TokenCounts:
     """Converse `usage`: inputTokens excludes cache reads and writes."""
     return _input_excluding_cache(
         usage.get("inputTokens"),
@@ -759,7 +520,7 @@ def bedrock_usage(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
-def bedrock_invocation_metrics(metrics: Mapping[str, Any]) -> TokenCounts:
+def bedrock_invocation_metrics(metrics: Mapping[str, Any]) -> tokens.TokenCounts:
     """`amazon-bedrock-invocationMetrics` of InvokeModelWithResponseStream's last chunk."""
     return _input_excluding_cache(
         metrics.get("inputTokenCount"),
@@ -774,7 +535,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return headers.get(name.lower()) if value is None else value
 
 
-def usage_from_bedrock_headers(headers: Mapping[str, str]) -> TokenCounts | None:
+def usage_from_bedrock_headers(headers: Mapping[str, str]) -> tokens.TokenCounts | None:
     """InvokeModel reports usage in `X-Amzn-Bedrock-{Input,Output}-Token-Count` (+ cache) headers.
 
     Works with case-insensitive mappings (aiohttp, httpx) and with plain dicts in either the
@@ -790,7 +551,7 @@ def usage_from_bedrock_headers(headers: Mapping[str, str]) -> TokenCounts | None
         return None
     cache_read = number("X-Amzn-Bedrock-Cache-Read-Input-Token-Count") or 0
     cache_write = number("X-Amzn-Bedrock-Cache-Write-Input-Token-Count") or 0
-    return TokenCounts(
+    return tokens.TokenCounts(
         input_tokens=(inputs or 0) + cache_read + cache_write,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
@@ -798,7 +559,7 @@ def usage_from_bedrock_headers(headers: Mapping[str, str]) -> TokenCounts | None
     )
 
 
-def _bedrock_invoke_usage(payload: Mapping[str, Any]) -> TokenCounts | None:
+def _bedrock_invoke_usage(payload: Mapping[str, Any]) -> tokens.TokenCounts | None:
     metrics = payload.get("amazon-bedrock-invocationMetrics")
     if isinstance(metrics, Mapping):
         return bedrock_invocation_metrics(metrics)
@@ -808,7 +569,7 @@ def _bedrock_invoke_usage(payload: Mapping[str, Any]) -> TokenCounts | None:
             return bedrock_usage(usage)
         return anthropic_usage(usage)  # Claude
     if "prompt_token_count" in payload or "generation_token_count" in payload:  # Llama
-        return TokenCounts(
+        return tokens.TokenCounts(
             input_tokens=_n(payload.get("prompt_token_count")),
             output_tokens=_n(payload.get("generation_token_count")),
         )
@@ -819,11 +580,11 @@ def _bedrock_invoke_usage(payload: Mapping[str, Any]) -> TokenCounts | None:
             if isinstance(results, list)
             else 0
         )
-        return TokenCounts(input_tokens=_n(payload.get("inputTextTokenCount")), output_tokens=output)
+        return tokens.TokenCounts(input_tokens=_n(payload.get("inputTextTokenCount")), output_tokens=output)
     return None
 
 
-def usage_from_json(api: ApiFormat, payload: Mapping[str, Any]) -> TokenCounts | None:
+def usage_from_json(api: ApiFormat, payload: Mapping[str, Any]) -> tokens.TokenCounts | None:
     """Provider-reported usage of a non-streamed response body, or None when it carries none.
 
     For Bedrock InvokeModel prefer `usage_from_bedrock_headers` (every model family sets them)."""

@@ -2,7 +2,7 @@
 
 POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream,
 /count-tokens. Streams are
-`application/vnd.amazon.eventstream` frames with correct CRC32s (`encode_frame`). Authentication
+`application/vnd.amazon.eventstream` frames with correct CRC32s (`encoders.event_message`). Authentication
 is either a Bedrock API key (`Authorization: Bearer`) or SigV4, verified with botocore's own signer
 (so the proxy's signer is checked by an independent implementation). InvokeModel speaks Claude's
 Messages format (`anthropic_version: bedrock-2023-05-31`) and reports usage in the
@@ -13,10 +13,8 @@ X-Amzn-Bedrock-*-Token-Count headers; its stream's last chunk carries
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import json
-import struct
 import urllib.parse
 import uuid
 from typing import Any
@@ -25,32 +23,16 @@ import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
 from aiohttp import web
-from tests.fakes import anthropic_server
+from tests.fakes import anthropic_server, encoders
 
 REPLY_PIECES = ("Hello", " from", " the", " fake", " Bedrock", ".")
 EVENTSTREAM = "application/vnd.amazon.eventstream"
-_HEADER_STRING = 7
-
-
-def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message: prelude (total length, headers length, CRC32), string headers,
-    payload, CRC32 of everything before it."""
-    encoded_headers = b""
-    for name, value in headers.items():
-        name_bytes, value_bytes = name.encode(), value.encode()
-        encoded_headers += struct.pack("!B", len(name_bytes)) + name_bytes
-        encoded_headers += struct.pack("!BH", _HEADER_STRING, len(value_bytes)) + value_bytes
-    total = 12 + len(encoded_headers) + len(payload) + 4
-    prelude = struct.pack("!II", total, len(encoded_headers))
-    prelude += struct.pack("!I", binascii.crc32(prelude))
-    message = prelude + encoded_headers + payload
-    return message + struct.pack("!I", binascii.crc32(message))
 
 
 def event_frame(event_type: str, body: dict[str, Any]) -> bytes:
     """An `event` message as Bedrock sends them (JSON payload with a `p` padding field)."""
     padded = {**body, "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123"[: 5 + len(event_type)]}
-    return encode_frame(
+    return encoders.event_message(
         {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
         json.dumps(padded, separators=(",", ":")).encode(),
     )
@@ -58,7 +40,7 @@ def event_frame(event_type: str, body: dict[str, Any]) -> bytes:
 
 def exception_frame(exception_type: str, message: str) -> bytes:
     """An in-stream `exception` message (e.g. throttlingException after HTTP 200)."""
-    return encode_frame(
+    return encoders.event_message(
         {
             ":exception-type": exception_type,
             ":content-type": "application/json",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import pathlib
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -21,13 +20,6 @@ from llmkeys_proxy import audit_file, audit_sinks, config, settings, sources
 
 PROMPT = "the quarterly numbers are confidential"
 REPLY = "".join(openai_server.REPLY_WORDS)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[openai_server.FakeOpenAI, str]]:
-    upstream = openai_server.FakeOpenAI()
-    async with proxy_harness.serve_fake(upstream.app()) as url:
-        yield upstream, url
 
 
 def audit_settings(directory: pathlib.Path, **fields: object) -> settings.ProxySettings:
@@ -59,9 +51,11 @@ async def chat(url: str, key: str, prompt: str, stream: bool = False) -> None:
 
 
 async def test_levels_metadata_content_none_across_sinks(
-    fake: tuple[openai_server.FakeOpenAI, str], tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     caplog.set_level(logging.INFO, logger="llmkeys.audit")
     plain = proxy_harness.issue_key("plain")
     content = proxy_harness.issue_key("compliance", audit=config.KeyAudit(level="content", retain_days=400))
@@ -128,9 +122,11 @@ class StalledSink:
 
 
 async def test_a_stalled_sink_drops_and_counts_while_requests_flow(
-    fake: tuple[openai_server.FakeOpenAI, str], tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    fake_openai: tuple[openai_server.FakeOpenAI, str],
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    upstream, url = fake
+    upstream, url = fake_openai
     key = proxy_harness.issue_key()
     cfg = proxy_harness.proxy_config([key], [proxy_harness.openai_provider(url, upstream.api_key)])
     stalled = StalledSink()

@@ -12,7 +12,7 @@ import pytest
 from tests import proxy_harness
 from tests.fakes import anthropic_server, loopback
 
-from llmkeys_proxy import config, usage
+from llmkeys_proxy import config, tokens
 
 MESSAGES = [{"role": "user", "content": "tell me about llamas"}]
 
@@ -109,7 +109,7 @@ async def test_stream_cut_off_is_charged_from_what_passed(
     month = await proxy.month_usage()
     # message_start reported the input; the output is counted with tiktoken from the text that passed.
     assert month.input_tokens == 4 + fake.input_overhead
-    assert month.output_tokens == usage.count_tokens("claude-haiku-4-5", "".join(received))
+    assert month.output_tokens == tokens.count_tokens("claude-haiku-4-5", "".join(received))
 
 
 async def test_count_tokens_is_forwarded_and_free(

@@ -16,7 +16,7 @@ import pytest
 from tests import proxy_harness
 from tests.fakes import bedrock_server, loopback, tls
 
-from llmkeys_proxy import config, usage
+from llmkeys_proxy import config, tokens, usage
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-5-5-v1:0"
@@ -233,7 +233,7 @@ async def test_cut_stream_is_counted_and_errors_keep_bedrock_shape(
     # No metadata event arrived: input from the estimate, output counted with tiktoken from what passed.
     estimate = usage.estimate_prompt_tokens("bedrock-converse", MODEL, {"messages": MESSAGES})
     assert month.input_tokens == estimate
-    assert month.output_tokens == usage.count_tokens(MODEL, "".join(bedrock_server.REPLY_PIECES[:2]))
+    assert month.output_tokens == tokens.count_tokens(MODEL, "".join(bedrock_server.REPLY_PIECES[:2]))
 
     fake.cut_stream_after_deltas = None
     fake.exception_after_deltas = 1

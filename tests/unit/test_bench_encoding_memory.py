@@ -7,13 +7,13 @@ import sys
 
 _PROBE = """
 import os
-from llmkeys_proxy import usage
+from llmkeys_proxy import tokens, usage
 def rss_mb():
     return int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = rss_mb()
-usage.preload_encodings(("o200k_base", "cl100k_base"))
-assert usage.count_tokens("gpt-4o", "Hello, world!") == 4
-assert usage.count_tokens("gpt-4", "Hello, world!") == 4
+tokens.preload_encodings(("o200k_base", "cl100k_base"))
+assert tokens.count_tokens("gpt-4o", "Hello, world!") == 4
+assert tokens.count_tokens("gpt-4", "Hello, world!") == 4
 print(rss_mb() - before)
 """
 

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from llmkeys_proxy import metrics, pricing, settlement, usage
+from llmkeys_proxy import metrics, pricing, settlement, tokens
 from llmkeys_proxy.limits import base
 
 
@@ -66,7 +66,7 @@ def _outcome(n: int) -> settlement.Outcome:
         reservation=base.Reservation(
             id=f"res{n}", key_id="abcdefghijkl", pool_ids=(), tokens=10, micro_usd=1, created_at=now
         ),
-        counts=usage.TokenCounts(input_tokens=5, output_tokens=5),
+        counts=tokens.TokenCounts(input_tokens=5, output_tokens=5),
     )
 
 

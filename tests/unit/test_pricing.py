@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from llmkeys_proxy import config, pricing
-from llmkeys_proxy.usage import TokenCounts
+from llmkeys_proxy import config, pricing, tokens
 
 TABLE = pricing.PriceTable.shipped()
 
@@ -115,7 +114,7 @@ def test_unknown_model_gets_the_conservative_default() -> None:
     # The default is not cheaper than any mainstream model (pro tiers are priced explicitly).
     assert TABLE.default.input >= TABLE.resolve("claude-opus-5").price.input
     assert TABLE.default.output >= TABLE.resolve("gpt-6.2-sol").price.output
-    cost = TABLE.cost("some-new-model-9000", TokenCounts(input_tokens=1000, output_tokens=1000))
+    cost = TABLE.cost("some-new-model-9000", tokens.TokenCounts(input_tokens=1000, output_tokens=1000))
     assert cost.micro_usd == 1000 * 15 + 1000 * 75  # never 0: a spend cap still bites
 
 
@@ -144,7 +143,7 @@ def test_long_context_tier() -> None:
     long = TABLE.resolve("gemini-3.1-pro-preview", input_tokens=200_001)
     assert (short.price.input, short.price.output) == (usd(2.00), usd(12.00))
     assert (long.price.input, long.price.output) == (usd(4.00), usd(18.00))
-    counts = TokenCounts(input_tokens=300_000, output_tokens=1_000)
+    counts = tokens.TokenCounts(input_tokens=300_000, output_tokens=1_000)
     assert TABLE.cost("gemini-3.1-pro-preview", counts).micro_usd == 300_000 * 4 + 1_000 * 18
     # Overrides are flat: no tier.
     flat = config.ModelPrice(input=1_000_000, output=1_000_000)
@@ -153,7 +152,7 @@ def test_long_context_tier() -> None:
 
 def test_cost_uses_cached_and_cache_write_prices() -> None:
     price = config.ModelPrice(input=usd(5), cached_input=usd(0.5), cache_write=usd(6.25), output=usd(25))
-    counts = TokenCounts(
+    counts = tokens.TokenCounts(
         input_tokens=10_000,
         cached_input_tokens=6_000,
         cache_write_tokens=2_000,
@@ -169,17 +168,19 @@ def test_cost_uses_cached_and_cache_write_prices() -> None:
 
 def test_cost_rounds_up_once() -> None:
     price = config.ModelPrice(input=150_000, output=600_000)  # gpt-4o-mini: 0.15 / 0.60 USD per 1M
-    assert pricing.cost_micro_usd(price, TokenCounts(input_tokens=1)) == 1  # 0.15 micro-USD -> 1
-    assert pricing.cost_micro_usd(price, TokenCounts(input_tokens=0)) == 0
+    assert pricing.cost_micro_usd(price, tokens.TokenCounts(input_tokens=1)) == 1  # 0.15 micro-USD -> 1
+    assert pricing.cost_micro_usd(price, tokens.TokenCounts(input_tokens=0)) == 0
     # 10 input (1.5) + 1 output (0.6) = 2.1 -> 3
-    assert pricing.cost_micro_usd(price, TokenCounts(input_tokens=10, output_tokens=1)) == 3
-    assert pricing.cost_micro_usd(price, TokenCounts(input_tokens=2, output_tokens=1)) == 1  # 0.3 + 0.6 = 0.9
+    assert pricing.cost_micro_usd(price, tokens.TokenCounts(input_tokens=10, output_tokens=1)) == 3
+    assert (
+        pricing.cost_micro_usd(price, tokens.TokenCounts(input_tokens=2, output_tokens=1)) == 1
+    )  # 0.3 + 0.6 = 0.9
 
 
 def test_cost_clamps_inconsistent_detail_counts() -> None:
     price = config.ModelPrice(input=usd(1), cached_input=0, cache_write=usd(2), output=0)
     # More cached+written tokens reported than input: never negative uncached input.
-    counts = TokenCounts(input_tokens=100, cached_input_tokens=80, cache_write_tokens=50)
+    counts = tokens.TokenCounts(input_tokens=100, cached_input_tokens=80, cache_write_tokens=50)
     assert pricing.cost_micro_usd(price, counts) == 20 * 2
 
 

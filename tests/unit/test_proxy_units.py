@@ -12,7 +12,20 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from llmkeys_proxy import auth, config, errors, keys, pipeline, routing, server, settings, sources, usage
+from llmkeys_proxy import (
+    auth,
+    config,
+    errors,
+    headers,
+    keys,
+    pipeline,
+    routing,
+    server,
+    settings,
+    sources,
+    tokens,
+    usage,
+)
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import azure, base, mock
 from llmkeys_proxy.providers import openai as openai_adapter
@@ -21,7 +34,7 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SETTINGS = settings.ProxySettings(config_dir="/nowhere")
 
 
-def headers(**values: str) -> CIMultiDictProxy[str]:
+def header_map(**values: str) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in values.items()}))
 
 
@@ -101,13 +114,13 @@ def test_error_shapes_per_family() -> None:
 
 
 def test_presented_key_from_every_place_sdks_put_it() -> None:
-    assert auth.presented_key(headers(Authorization="Bearer sk-a"), {}) == "sk-a"
-    assert auth.presented_key(headers(Authorization="bearer  sk-b "), {}) == "sk-b"
-    assert auth.presented_key(headers(x_api_key="sk-c"), {}) == "sk-c"
-    assert auth.presented_key(headers(api_key="sk-d"), {}) == "sk-d"
-    assert auth.presented_key(headers(x_goog_api_key="sk-e"), {}) == "sk-e"
-    assert auth.presented_key(headers(), {"key": "sk-f"}) == "sk-f"
-    assert auth.presented_key(headers(Authorization="Basic abc"), {}) is None
+    assert auth.presented_key(header_map(Authorization="Bearer sk-a"), {}) == "sk-a"
+    assert auth.presented_key(header_map(Authorization="bearer  sk-b "), {}) == "sk-b"
+    assert auth.presented_key(header_map(x_api_key="sk-c"), {}) == "sk-c"
+    assert auth.presented_key(header_map(api_key="sk-d"), {}) == "sk-d"
+    assert auth.presented_key(header_map(x_goog_api_key="sk-e"), {}) == "sk-e"
+    assert auth.presented_key(header_map(), {"key": "sk-f"}) == "sk-f"
+    assert auth.presented_key(header_map(Authorization="Basic abc"), {}) is None
 
 
 def test_authenticate_rotation_windows_and_states() -> None:
@@ -230,7 +243,7 @@ def test_rate_limit_headers_in_openai_format() -> None:
         remaining_tokens=10,
         reset_tokens_s=361.5,
     )
-    assert pipeline.rate_limit_headers(rate) == {
+    assert headers.rate_limit_headers(rate) == {
         "x-ratelimit-limit-requests": "60",
         "x-ratelimit-remaining-requests": "0",
         "x-ratelimit-reset-requests": "250ms",
@@ -238,11 +251,11 @@ def test_rate_limit_headers_in_openai_format() -> None:
         "x-ratelimit-remaining-tokens": "10",
         "x-ratelimit-reset-tokens": "6m1.5s",
     }
-    assert pipeline.rate_limit_headers(limits_base.RateState()) == {}
+    assert headers.rate_limit_headers(limits_base.RateState()) == {}
 
 
 def test_header_rules_both_ways() -> None:
-    inbound = headers(
+    inbound = header_map(
         Authorization="Bearer sk-llmk-x",
         api_key="a",
         x_api_key="b",
@@ -254,7 +267,7 @@ def test_header_rules_both_ways() -> None:
         User_Agent="OpenAI/Python",
         anthropic_version="v",
     )
-    forwarded = pipeline.forward_headers(inbound, "rid-1")
+    forwarded = headers.forward_headers(inbound, "rid-1")
     assert {k.lower() for k in forwarded} == {
         "user-agent",
         "anthropic-version",
@@ -272,7 +285,7 @@ def test_header_rules_both_ways() -> None:
             "openai-processing-ms": "3",
         }
     )
-    shown = pipeline.response_headers(upstream)
+    shown = headers.response_headers(upstream)
     assert dict(shown) == {
         "Content-Type": "application/json",
         "x-upstream-request-id": "up-1",
@@ -377,7 +390,7 @@ async def test_mock_provider_usage_is_exact_tiktoken() -> None:
     assert body["usage"]["prompt_tokens"] == usage.estimate_prompt_tokens(
         "openai-chat", "gpt-4o-mini", payload
     )
-    assert body["usage"]["completion_tokens"] == usage.count_tokens("gpt-4o-mini", text)
+    assert body["usage"]["completion_tokens"] == tokens.count_tokens("gpt-4o-mini", text)
     capped = {**payload, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
     stream = await adapter.send(call_of("openai-chat", capped, stream=True))
     events = [
@@ -386,6 +399,6 @@ async def test_mock_provider_usage_is_exact_tiktoken() -> None:
     assert events[-1] == b"data: [DONE]"
     last = orjson.loads(events[-2].removeprefix(b"data: "))
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
-    assert usage.usage_from_json("openai-chat", last) == usage.TokenCounts(
+    assert usage.usage_from_json("openai-chat", last) == tokens.TokenCounts(
         input_tokens=body["usage"]["prompt_tokens"], output_tokens=3
     )

@@ -16,14 +16,15 @@ import orjson
 import pytest
 from google import genai
 from google.genai import types as genai_types
+from tests.fakes import encoders
 
-from llmkeys_proxy import streams, usage
+from llmkeys_proxy import streams, tokens
 from llmkeys_proxy.streams import StreamUsage
-from llmkeys_proxy.usage import ApiFormat, TokenCounts
+from llmkeys_proxy.usage import ApiFormat
 
 
-def tokens(text: str, model: str = "gpt-4o") -> int:
-    return len(usage.encoding_for_model(model).encode(text))
+def count(text: str, model: str = "gpt-4o") -> int:
+    return len(tokens.encoding_for_model(model).encode(text))
 
 
 def run(capture: StreamUsage, data: bytes, cuts: list[int]) -> bytes:
@@ -107,7 +108,7 @@ def chat_stream(*, with_usage: bool = True, texts: list[str] = CHAT_TEXTS) -> tu
     return events, usage_event
 
 
-CHAT_USAGE = TokenCounts(input_tokens=19, output_tokens=10)
+CHAT_USAGE = tokens.TokenCounts(input_tokens=19, output_tokens=10)
 
 
 def test_openai_chat_passthrough_returns_same_objects() -> None:
@@ -198,8 +199,8 @@ def test_openai_chat_cut_off_counts_passed_text() -> None:
     capture.finish()
     assert capture.usage is None
     assert not capture.complete
-    expected_output = tokens(CHAT_TEXTS[1] + CHAT_TEXTS[2])
-    assert capture.fallback_counts(prompt_tokens=42) == TokenCounts(
+    expected_output = count(CHAT_TEXTS[1] + CHAT_TEXTS[2])
+    assert capture.fallback_counts(prompt_tokens=42) == tokens.TokenCounts(
         input_tokens=42, output_tokens=expected_output
     )
     assert capture.settled_counts(prompt_tokens=42) == capture.fallback_counts(42)
@@ -212,7 +213,7 @@ def test_openai_chat_stream_without_usage_chunk_falls_back() -> None:
         capture.feed(event)
     assert capture.complete
     assert capture.usage is None
-    assert capture.settled_counts(7).output_tokens == tokens("".join(CHAT_TEXTS))
+    assert capture.settled_counts(7).output_tokens == count("".join(CHAT_TEXTS))
 
 
 def test_openai_chat_tool_call_and_reasoning_text_counted_in_fallback() -> None:
@@ -252,7 +253,7 @@ def test_openai_chat_tool_call_and_reasoning_text_counted_in_fallback() -> None:
     for event in delta_events:
         capture.feed(event)
     # Streamed pieces are tokenised as one text (as the model produced them).
-    expected = tokens('Let me think.get_weather{"city":')
+    expected = count('Let me think.get_weather{"city":')
     assert capture.fallback_counts(3).output_tokens == expected
 
 
@@ -270,10 +271,12 @@ def test_openai_completions_stream() -> None:
     data = b"".join(events)
     capture = StreamUsage("openai-completions", "gpt-3.5-turbo-instruct", hide_usage_chunk=True)
     assert run(capture, data, [10, 200]) == data.replace(events[2], b"")
-    assert capture.usage == TokenCounts(input_tokens=5, output_tokens=4)
+    assert capture.usage == tokens.TokenCounts(input_tokens=5, output_tokens=4)
     cut = StreamUsage("openai-completions", "gpt-3.5-turbo-instruct")
     cut.feed(events[0])
-    assert cut.fallback_counts(5) == TokenCounts(5, output_tokens=tokens("This is", "gpt-3.5-turbo-instruct"))
+    assert cut.fallback_counts(5) == tokens.TokenCounts(
+        5, output_tokens=count("This is", "gpt-3.5-turbo-instruct")
+    )
 
 
 def test_usage_on_content_chunk_is_kept_visible() -> None:
@@ -286,9 +289,9 @@ def test_usage_on_content_chunk_is_kept_visible() -> None:
     )
     capture = StreamUsage("openai-chat", "gpt-4o", hide_usage_chunk=True)
     assert capture.feed(event) is event
-    assert capture.usage == TokenCounts(3, output_tokens=1)
+    assert capture.usage == tokens.TokenCounts(3, output_tokens=1)
     assert capture.feed(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
-    assert capture.settled_counts(99) == TokenCounts(3, output_tokens=1)
+    assert capture.settled_counts(99) == tokens.TokenCounts(3, output_tokens=1)
 
 
 # --- OpenAI Responses -------------------------------------------------------------------------------
@@ -354,7 +357,7 @@ def test_responses_stream_every_split(final: str) -> None:
         capture = StreamUsage("openai-responses", "gpt-4.1")
         assert run(capture, data, cuts) == data
         assert capture.complete
-        assert capture.usage == TokenCounts(37, 5, 0, 11, 2)
+        assert capture.usage == tokens.TokenCounts(37, 5, 0, 11, 2)
         assert capture.error is (final == "response.failed")
 
 
@@ -364,7 +367,7 @@ def test_responses_cut_off_counts_deltas_only() -> None:
         assert capture.feed(event) is event
     assert not capture.complete
     assert capture.usage is None
-    assert capture.settled_counts(30) == TokenCounts(30, output_tokens=tokens("Hi there, friend"))
+    assert capture.settled_counts(30) == tokens.TokenCounts(30, output_tokens=count("Hi there, friend"))
 
 
 def test_responses_in_stream_error_event() -> None:
@@ -432,7 +435,9 @@ def anthropic_stream(
     return events
 
 
-ANTHROPIC_FINAL = TokenCounts(input_tokens=40, cached_input_tokens=10, cache_write_tokens=5, output_tokens=15)
+ANTHROPIC_FINAL = tokens.TokenCounts(
+    input_tokens=40, cached_input_tokens=10, cache_write_tokens=5, output_tokens=15
+)
 
 
 def test_anthropic_stream_every_split_cumulative_deltas() -> None:
@@ -461,7 +466,7 @@ def test_anthropic_usage_matches_the_anthropic_sdk() -> None:
         ) as stream:
             final = stream.get_final_message()
     sdk = final.usage
-    assert capture.usage == TokenCounts(
+    assert capture.usage == tokens.TokenCounts(
         input_tokens=sdk.input_tokens
         + (sdk.cache_read_input_tokens or 0)
         + (sdk.cache_creation_input_tokens or 0),
@@ -485,7 +490,7 @@ def test_anthropic_message_delta_may_update_input_counts() -> None:
     for event in [*events[:-1], delta, events[-1]]:
         capture.feed(event)
     # input replaced (30), cache read kept from message_start (null does not erase), output 7.
-    assert capture.usage == TokenCounts(
+    assert capture.usage == tokens.TokenCounts(
         input_tokens=45, cached_input_tokens=10, cache_write_tokens=5, output_tokens=7
     )
 
@@ -502,9 +507,9 @@ def test_anthropic_error_mid_stream_uses_message_start_and_counted_text() -> Non
     capture.finish()
     assert capture.error
     assert not capture.complete
-    assert capture.usage == TokenCounts(40, 10, 5, 1)  # what message_start said so far
+    assert capture.usage == tokens.TokenCounts(40, 10, 5, 1)  # what message_start said so far
     counts = capture.settled_counts(prompt_tokens=999)
-    assert counts == TokenCounts(40, 10, 5, max(1, tokens("Hello")))
+    assert counts == tokens.TokenCounts(40, 10, 5, max(1, count("Hello")))
 
 
 def test_anthropic_cut_off_after_text_counts_text() -> None:
@@ -512,7 +517,7 @@ def test_anthropic_cut_off_after_text_counts_text() -> None:
     long_text = ("word " * 50,)
     for event in anthropic_stream([60], text=long_text)[:4]:
         capture.feed(event)
-    assert capture.settled_counts(999) == TokenCounts(40, 10, 5, tokens(long_text[0]))
+    assert capture.settled_counts(999) == tokens.TokenCounts(40, 10, 5, count(long_text[0]))
 
 
 # --- Gemini -----------------------------------------------------------------------------------------
@@ -544,7 +549,7 @@ GEMINI_CHUNKS = [
     gemini_chunk(' quick "brown" {fox} [\\]', 4),
     gemini_chunk(" jumps.", 6, finish=True, thoughts=25),
 ]
-GEMINI_FINAL = TokenCounts(input_tokens=9, output_tokens=31, reasoning_tokens=25)
+GEMINI_FINAL = tokens.TokenCounts(input_tokens=9, output_tokens=31, reasoning_tokens=25)
 
 
 def test_gemini_sse_running_totals_every_split() -> None:
@@ -577,8 +582,8 @@ def test_gemini_cut_off_keeps_last_running_total_and_counts_more_text() -> None:
         + b"\r\n\r\n"
     )
     assert not capture.complete
-    assert capture.usage == TokenCounts(9, output_tokens=1)
-    assert capture.settled_counts(50) == TokenCounts(9, output_tokens=tokens("The more words here"))
+    assert capture.usage == tokens.TokenCounts(9, output_tokens=1)
+    assert capture.settled_counts(50) == tokens.TokenCounts(9, output_tokens=count("The more words here"))
 
 
 def test_gemini_array_cut_off_mid_element() -> None:
@@ -586,9 +591,9 @@ def test_gemini_array_cut_off_mid_element() -> None:
     capture = StreamUsage("gemini", "gemini-2.5-flash")
     capture.feed(data[: len(data) - 20])
     assert not capture.complete
-    assert capture.usage == TokenCounts(9, output_tokens=4)
-    expected_text = tokens('The quick "brown" {fox} [\\]')
-    assert capture.settled_counts(1) == TokenCounts(9, output_tokens=max(4, expected_text))
+    assert capture.usage == tokens.TokenCounts(9, output_tokens=4)
+    expected_text = count('The quick "brown" {fox} [\\]')
+    assert capture.settled_counts(1) == tokens.TokenCounts(9, output_tokens=max(4, expected_text))
 
 
 # --- Bedrock ----------------------------------------------------------------------------------------
@@ -596,16 +601,14 @@ def test_gemini_array_cut_off_mid_element() -> None:
 
 def converse_frames() -> list[bytes]:
     return [
-        streams.encode_aws_event("messageStart", {"role": "assistant", "p": "abcdefgh"}),
-        streams.encode_aws_event(
+        encoders.aws_event("messageStart", {"role": "assistant", "p": "abcdefgh"}),
+        encoders.aws_event(
             "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}, "p": "ab"}
         ),
-        streams.encode_aws_event(
-            "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " from Bedrock"}}
-        ),
-        streams.encode_aws_event("contentBlockStop", {"contentBlockIndex": 0, "p": "abcdef"}),
-        streams.encode_aws_event("messageStop", {"stopReason": "end_turn", "p": "abc"}),
-        streams.encode_aws_event(
+        encoders.aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " from Bedrock"}}),
+        encoders.aws_event("contentBlockStop", {"contentBlockIndex": 0, "p": "abcdef"}),
+        encoders.aws_event("messageStop", {"stopReason": "end_turn", "p": "abc"}),
+        encoders.aws_event(
             "metadata",
             {
                 "usage": {"inputTokens": 12, "outputTokens": 5, "totalTokens": 17, "cacheReadInputTokens": 3},
@@ -622,7 +625,7 @@ def test_bedrock_converse_stream_every_split() -> None:
         capture = StreamUsage("bedrock-converse", "anthropic.claude-3-haiku-20240307-v1:0")
         assert run(capture, data, cuts) == data
         assert capture.complete
-        assert capture.usage == TokenCounts(15, 3, 0, 5)
+        assert capture.usage == tokens.TokenCounts(15, 3, 0, 5)
 
 
 def test_bedrock_converse_cut_off_and_exception() -> None:
@@ -630,7 +633,7 @@ def test_bedrock_converse_cut_off_and_exception() -> None:
     capture = StreamUsage("bedrock-converse", "anthropic.claude-3-haiku")
     for frame in frames[:3]:
         assert capture.feed(frame) is frame
-    exception = streams.encode_event_message(
+    exception = encoders.event_message(
         {
             ":message-type": "exception",
             ":exception-type": "modelStreamErrorException",
@@ -641,7 +644,7 @@ def test_bedrock_converse_cut_off_and_exception() -> None:
     capture.feed(exception)
     assert capture.error
     assert not capture.complete
-    assert capture.settled_counts(20) == TokenCounts(20, output_tokens=tokens("Hello from Bedrock"))
+    assert capture.settled_counts(20) == tokens.TokenCounts(20, output_tokens=count("Hello from Bedrock"))
 
 
 def test_bedrock_corrupt_frame_is_forwarded_and_flagged() -> None:
@@ -656,7 +659,7 @@ def test_bedrock_corrupt_frame_is_forwarded_and_flagged() -> None:
 
 
 def invoke_chunk(event: dict[str, Any]) -> bytes:
-    return streams.encode_event_message(
+    return encoders.event_message(
         {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"},
         orjson.dumps({"bytes": base64.b64encode(orjson.dumps(event)).decode(), "p": "abcd"}),
     )
@@ -709,7 +712,7 @@ def test_bedrock_invoke_claude_stream_every_split() -> None:
         capture = StreamUsage("bedrock-invoke", "anthropic.claude-3-haiku-20240307-v1:0")
         assert run(capture, data, cuts) == data
         assert capture.complete
-        assert capture.usage == TokenCounts(20, output_tokens=7)
+        assert capture.usage == tokens.TokenCounts(20, output_tokens=7)
 
 
 def test_bedrock_invoke_llama_uses_invocation_metrics() -> None:
@@ -738,9 +741,9 @@ def test_bedrock_invoke_llama_uses_invocation_metrics() -> None:
         capture.feed(frame)
     cut.feed(frames[0])
     assert capture.complete
-    assert capture.usage == TokenCounts(11, output_tokens=4)
+    assert capture.usage == tokens.TokenCounts(11, output_tokens=4)
     assert not cut.complete
-    assert cut.settled_counts(11) == TokenCounts(11, output_tokens=tokens("Once upon"))
+    assert cut.settled_counts(11) == tokens.TokenCounts(11, output_tokens=count("Once upon"))
 
 
 def test_bedrock_invoke_claude_cut_off() -> None:
@@ -748,7 +751,7 @@ def test_bedrock_invoke_claude_cut_off() -> None:
     for frame in claude_invoke_frames()[:3]:
         capture.feed(frame)
     assert not capture.complete
-    assert capture.settled_counts(99) == TokenCounts(20, output_tokens=tokens("Bonjour tout"))
+    assert capture.settled_counts(99) == tokens.TokenCounts(20, output_tokens=count("Bonjour tout"))
 
 
 # --- general ----------------------------------------------------------------------------------------
@@ -852,7 +855,7 @@ def test_responses_usage_matches_the_openai_sdk() -> None:
     assert final.type == "response.completed"
     sdk = final.response.usage
     assert sdk is not None
-    assert capture.usage == TokenCounts(
+    assert capture.usage == tokens.TokenCounts(
         input_tokens=sdk.input_tokens,
         cached_input_tokens=sdk.input_tokens_details.cached_tokens,
         output_tokens=sdk.output_tokens,
@@ -877,7 +880,7 @@ def test_gemini_usage_matches_the_google_genai_sdk() -> None:
         chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
     sdk = chunks[-1].usage_metadata
     assert sdk is not None
-    assert capture.usage == TokenCounts(
+    assert capture.usage == tokens.TokenCounts(
         input_tokens=sdk.prompt_token_count or 0,
         output_tokens=(sdk.candidates_token_count or 0) + (sdk.thoughts_token_count or 0),
         reasoning_tokens=sdk.thoughts_token_count or 0,

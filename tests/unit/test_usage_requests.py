@@ -9,12 +9,11 @@ from typing import Any
 import multidict
 import pytest
 
-from llmkeys_proxy import usage
-from llmkeys_proxy.usage import TokenCounts
+from llmkeys_proxy import tokens, usage
 
 
-def tokens(text: str, model: str = "gpt-4o") -> int:
-    return len(usage.encoding_for_model(model).encode(text))
+def count(text: str, model: str = "gpt-4o") -> int:
+    return len(tokens.encoding_for_model(model).encode(text))
 
 
 # The OpenAI cookbook's "How to count tokens with tiktoken" example; the API reported 129 prompt
@@ -84,26 +83,26 @@ def test_chat_parts_images_and_tools() -> None:
         "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     }
     plain = usage.estimate_prompt_tokens("openai-chat", "gpt-4o", {"messages": body["messages"][:1]})
-    assert plain == 3 + tokens("user") + tokens("What is in this picture?") + usage.NON_TEXT_PART_TOKENS + 3
+    assert plain == 3 + count("user") + count("What is in this picture?") + usage.NON_TEXT_PART_TOKENS + 3
     full = usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body)
     expected_extra = (
         3
-        + tokens("assistant")
-        + tokens("lookup")
-        + tokens('{"q":"cat"}')  # assistant tool call
+        + count("assistant")
+        + count("lookup")
+        + count('{"q":"cat"}')  # assistant tool call
         + 3
-        + tokens("tool")
-        + tokens("call_1")
-        + tokens("a cat")  # tool result
+        + count("tool")
+        + count("call_1")
+        + count("a cat")  # tool result
     )
-    assert full - plain == expected_extra + tokens(
+    assert full - plain == expected_extra + count(
         '[{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}]'
     )
 
 
 def test_responses_estimate() -> None:
     assert usage.estimate_prompt_tokens("openai-responses", "gpt-4o", {"input": "Tell me a joke"}) == (
-        tokens("Tell me a joke") + 3
+        count("Tell me a joke") + 3
     )
     body = {
         "instructions": "Be brief.",
@@ -114,16 +113,16 @@ def test_responses_estimate() -> None:
         ],
     }
     expected = (
-        tokens("Be brief.")
+        count("Be brief.")
         + 3
-        + tokens("user")
-        + tokens("Hi")
+        + count("user")
+        + count("Hi")
         + usage.NON_TEXT_PART_TOKENS
         + 3
-        + tokens("f")
-        + tokens("{}")
+        + count("f")
+        + count("{}")
         + 3
-        + tokens("42")
+        + count("42")
         + 3
     )
     assert usage.estimate_prompt_tokens("openai-responses", "gpt-4o", body) == expected
@@ -142,7 +141,7 @@ def test_completions_estimate(field: str, value: Any, expected: int | None) -> N
     got = usage.estimate_prompt_tokens("openai-completions", "gpt-3.5-turbo-instruct", {field: value})
     if expected is None:
         texts = [value] if isinstance(value, str) else value
-        expected = sum(tokens(t, "gpt-3.5-turbo-instruct") for t in texts)
+        expected = sum(count(t, "gpt-3.5-turbo-instruct") for t in texts)
     assert got == expected
 
 
@@ -185,22 +184,22 @@ def test_anthropic_estimate() -> None:
         ],
     }
     expected = (
-        tokens("You are terse.")
+        count("You are terse.")
         + 3
-        + tokens("Hello, Claude")
+        + count("Hello, Claude")
         + 3
-        + tokens("Greet back")
-        + tokens("clock")
-        + tokens('{"tz":"UTC"}')
+        + count("Greet back")
+        + count("clock")
+        + count('{"tz":"UTC"}')
         + 3
-        + tokens("12:00")
+        + count("12:00")
         + usage.NON_TEXT_PART_TOKENS
         + 3
     )
     assert usage.estimate_prompt_tokens("anthropic-messages", "claude-sonnet-4-5", body) == expected
     assert usage.estimate_prompt_tokens(
         "anthropic-messages", "claude-x", {"system": "S", "messages": []}
-    ) == (tokens("S") + 3)
+    ) == (count("S") + 3)
 
 
 def test_gemini_estimate() -> None:
@@ -216,16 +215,16 @@ def test_gemini_estimate() -> None:
         "generationConfig": {"maxOutputTokens": 100},
     }
     expected = (
-        tokens("You are a cat.")
+        count("You are a cat.")
         + 3
-        + tokens("Hello")
+        + count("Hello")
         + usage.NON_TEXT_PART_TOKENS
         + 3
-        + tokens('{"functionCall":{"name":"meow","args":{}}}')
+        + count('{"functionCall":{"name":"meow","args":{}}}')
     )
     assert usage.estimate_prompt_tokens("gemini", "gemini-2.5-flash", body) == expected
     embed = {"content": {"parts": [{"text": "embed me"}]}}
-    assert usage.estimate_prompt_tokens("gemini", "gemini-embedding-001", embed) == tokens("embed me")
+    assert usage.estimate_prompt_tokens("gemini", "gemini-embedding-001", embed) == count("embed me")
 
 
 def test_bedrock_converse_estimate() -> None:
@@ -248,15 +247,15 @@ def test_bedrock_converse_estimate() -> None:
         "inferenceConfig": {"maxTokens": 512},
     }
     expected = (
-        tokens("Be kind.")
+        count("Be kind.")
         + 3
-        + tokens("Hi")
+        + count("Hi")
         + usage.NON_TEXT_PART_TOKENS
         + 3
-        + tokens("f")
-        + tokens('{"a":1}')
+        + count("f")
+        + count('{"a":1}')
         + 3
-        + tokens('{"r":2}')
+        + count('{"r":2}')
         + 3
     )
     assert usage.estimate_prompt_tokens(
@@ -271,7 +270,7 @@ def test_bedrock_invoke_estimate_native_bodies() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
     }
     assert (
-        usage.estimate_prompt_tokens("bedrock-invoke", "anthropic.claude", claude) == 3 + tokens("Hello") + 3
+        usage.estimate_prompt_tokens("bedrock-invoke", "anthropic.claude", claude) == 3 + count("Hello") + 3
     )
     nova = {
         "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
@@ -279,12 +278,12 @@ def test_bedrock_invoke_estimate_native_bodies() -> None:
     }
     assert (
         usage.estimate_prompt_tokens("bedrock-invoke", "amazon.nova-lite-v1:0", nova)
-        == 3 + tokens("Hello") + 3
+        == 3 + count("Hello") + 3
     )
     llama = {"prompt": "Tell me a story", "max_gen_len": 64, "temperature": 0.5}
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", llama) == tokens("Tell me a story")
+    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", llama) == count("Tell me a story")
     titan = {"inputText": "Summarise", "textGenerationConfig": {"maxTokenCount": 32}}
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "amazon.titan", titan) == tokens("Summarise")
+    assert usage.estimate_prompt_tokens("bedrock-invoke", "amazon.titan", titan) == count("Summarise")
 
 
 @pytest.mark.parametrize(
@@ -429,14 +428,14 @@ CONVERSE_RESPONSE = {
 @pytest.mark.parametrize(
     ("api", "payload", "expected"),
     [
-        ("openai-chat", OPENAI_CHAT_RESPONSE, TokenCounts(1117, 1024, 0, 46, 12)),
+        ("openai-chat", OPENAI_CHAT_RESPONSE, tokens.TokenCounts(1117, 1024, 0, 46, 12)),
         (
             "openai-completions",
             {
                 "object": "text_completion",
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
             },
-            TokenCounts(5, output_tokens=7),
+            tokens.TokenCounts(5, output_tokens=7),
         ),
         (
             "openai-embeddings",
@@ -446,16 +445,20 @@ CONVERSE_RESPONSE = {
                 "model": "text-embedding-3-small",
                 "usage": {"prompt_tokens": 8, "total_tokens": 8},
             },
-            TokenCounts(8),
+            tokens.TokenCounts(8),
         ),
-        ("openai-responses", RESPONSES_RESPONSE, TokenCounts(328, 128, 0, 52, 20)),
-        ("anthropic-messages", ANTHROPIC_RESPONSE, TokenCounts(2095 + 2051 + 1000, 1000, 2051, 503, 0)),
-        ("gemini", GEMINI_RESPONSE, TokenCounts(8, 4, 0, 6 + 1048, 1048)),
-        ("bedrock-converse", CONVERSE_RESPONSE, TokenCounts(530, 400, 100, 628, 0)),
+        ("openai-responses", RESPONSES_RESPONSE, tokens.TokenCounts(328, 128, 0, 52, 20)),
+        (
+            "anthropic-messages",
+            ANTHROPIC_RESPONSE,
+            tokens.TokenCounts(2095 + 2051 + 1000, 1000, 2051, 503, 0),
+        ),
+        ("gemini", GEMINI_RESPONSE, tokens.TokenCounts(8, 4, 0, 6 + 1048, 1048)),
+        ("bedrock-converse", CONVERSE_RESPONSE, tokens.TokenCounts(530, 400, 100, 628, 0)),
         (
             "bedrock-invoke",
             {"type": "message", "content": [], "usage": {"input_tokens": 10, "output_tokens": 3}},
-            TokenCounts(10, output_tokens=3),
+            tokens.TokenCounts(10, output_tokens=3),
         ),
         (
             "bedrock-invoke",
@@ -465,21 +468,21 @@ CONVERSE_RESPONSE = {
                 "generation_token_count": 4,
                 "stop_reason": "stop",
             },
-            TokenCounts(12, output_tokens=4),
+            tokens.TokenCounts(12, output_tokens=4),
         ),
         (
             "bedrock-invoke",
             {"inputTextTokenCount": 5, "results": [{"tokenCount": 9, "outputText": "x"}]},
-            TokenCounts(5, output_tokens=9),
+            tokens.TokenCounts(5, output_tokens=9),
         ),
         (
             "bedrock-invoke",
             {"output": {}, "usage": {"inputTokens": 7, "outputTokens": 2, "totalTokens": 9}},
-            TokenCounts(7, output_tokens=2),
+            tokens.TokenCounts(7, output_tokens=2),
         ),
     ],
 )
-def test_usage_from_json(api: usage.ApiFormat, payload: dict[str, Any], expected: TokenCounts) -> None:
+def test_usage_from_json(api: usage.ApiFormat, payload: dict[str, Any], expected: tokens.TokenCounts) -> None:
     assert usage.usage_from_json(api, payload) == expected
 
 
@@ -492,7 +495,7 @@ def test_usage_from_json_without_usage() -> None:
 
 def test_responses_usage_from_stream_event_wrapper() -> None:
     event = {"type": "response.completed", "sequence_number": 9, "response": RESPONSES_RESPONSE}
-    assert usage.usage_from_json("openai-responses", event) == TokenCounts(328, 128, 0, 52, 20)
+    assert usage.usage_from_json("openai-responses", event) == tokens.TokenCounts(328, 128, 0, 52, 20)
 
 
 def test_usage_from_bedrock_headers() -> None:
@@ -501,17 +504,17 @@ def test_usage_from_bedrock_headers() -> None:
         "X-Amzn-Bedrock-Output-Token-Count": "5",
         "X-Amzn-Bedrock-Cache-Read-Input-Token-Count": "100",
     }
-    assert usage.usage_from_bedrock_headers(headers) == TokenCounts(120, 100, 0, 5, 0)
+    assert usage.usage_from_bedrock_headers(headers) == tokens.TokenCounts(120, 100, 0, 5, 0)
     assert usage.usage_from_bedrock_headers({}) is None
     lower = {"x-amzn-bedrock-input-token-count": "3", "x-amzn-bedrock-output-token-count": "4"}
-    assert usage.usage_from_bedrock_headers(lower) == TokenCounts(3, output_tokens=4)
+    assert usage.usage_from_bedrock_headers(lower) == tokens.TokenCounts(3, output_tokens=4)
     assert usage.usage_from_bedrock_headers({"X-Amzn-Bedrock-Input-Token-Count": "junk"}) is None
     aiohttp_style = multidict.CIMultiDict({"x-AMZN-bedrock-output-token-count": "8"})
-    assert usage.usage_from_bedrock_headers(aiohttp_style) == TokenCounts(0, output_tokens=8)
+    assert usage.usage_from_bedrock_headers(aiohttp_style) == tokens.TokenCounts(0, output_tokens=8)
 
 
 def test_total_tokens() -> None:
-    assert TokenCounts(10, 5, 0, 7, 2).total_tokens == 17
+    assert tokens.TokenCounts(10, 5, 0, 7, 2).total_tokens == 17
 
 
 def _random_json(rng: random.Random, depth: int = 0) -> Any:
@@ -574,5 +577,5 @@ def test_deeply_nested_body_is_counted_without_recursion_errors() -> None:
     for _ in range(5000):
         deep = [deep]
     body = {"messages": [{"role": "user", "content": deep}]}
-    assert usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body) >= tokens("needle")
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", {"prompt": deep}) == tokens("needle")
+    assert usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body) >= count("needle")
+    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", {"prompt": deep}) == count("needle")

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings, tokens, usage
 from llmkeys_proxy.providers import base
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -62,7 +62,7 @@ class AnthropicAdapter(base.HttpAdapter):
 
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> usage.TokenCounts | None:
+    ) -> tokens.TokenCounts | None:
         if call.operation in COUNT_OPERATIONS:
-            return usage.TokenCounts(input_tokens=0)
+            return tokens.TokenCounts(input_tokens=0)
         return super().response_usage(call, response, body)

@@ -24,8 +24,7 @@ import orjson
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from llmkeys_proxy import config, errors, settings, usage
-from llmkeys_proxy.usage import TokenCounts
+from llmkeys_proxy import config, errors, settings, tokens, usage
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,16 +98,16 @@ class StreamMeter(Protocol):
         ...
 
     @property
-    def usage(self) -> TokenCounts | None: ...
+    def usage(self) -> tokens.TokenCounts | None: ...
 
     @property
     def complete(self) -> bool: ...
 
-    def fallback_counts(self, prompt_tokens: int) -> TokenCounts:
+    def fallback_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
         """Counts for a stream that ended without reported usage: tiktoken over what passed."""
         ...
 
-    def settled_counts(self, prompt_tokens: int) -> TokenCounts:
+    def settled_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
         """What to charge: the reported final usage when it arrived, else `fallback_counts`."""
         ...
 
@@ -145,7 +144,7 @@ class ProviderAdapter(abc.ABC):
 
     def response_usage(
         self, call: UpstreamCall, response: UpstreamResponse, body: bytes
-    ) -> usage.TokenCounts | None:
+    ) -> tokens.TokenCounts | None:
         """Reported usage of a non-streamed 2xx response (None when it carries none)."""
         try:
             payload = orjson.loads(body)

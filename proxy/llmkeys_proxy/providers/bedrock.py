@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import yarl
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings, tokens, usage
 from llmkeys_proxy.providers import base, sigv4
 
 OPERATIONS = frozenset(
@@ -90,9 +90,9 @@ class BedrockAdapter(base.HttpAdapter):
 
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> usage.TokenCounts | None:
+    ) -> tokens.TokenCounts | None:
         if call.operation in COUNT_OPERATIONS:
-            return usage.TokenCounts(input_tokens=0)
+            return tokens.TokenCounts(input_tokens=0)
         if call.api == "bedrock-invoke":
             # Every model family reports InvokeModel usage in headers; the body format varies.
             from_headers = usage.usage_from_bedrock_headers(response.headers)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings, tokens, usage
 from llmkeys_proxy.providers import base
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -43,9 +43,9 @@ def forwarded_query(query: Mapping[str, str]) -> str:
     return "?" + urllib.parse.urlencode(kept) if kept else ""
 
 
-def count_usage(call: base.UpstreamCall) -> usage.TokenCounts | None:
+def count_usage(call: base.UpstreamCall) -> tokens.TokenCounts | None:
     """Token counting calls cost nothing upstream; None for every other operation."""
-    return usage.TokenCounts(input_tokens=0) if call.operation in COUNT_OPERATIONS else None
+    return tokens.TokenCounts(input_tokens=0) if call.operation in COUNT_OPERATIONS else None
 
 
 def rename_batch_models(body: bytes, payload: Mapping[str, Any], upstream_model: str) -> bytes:
@@ -100,5 +100,5 @@ class GeminiAdapter(base.HttpAdapter):
 
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> usage.TokenCounts | None:
+    ) -> tokens.TokenCounts | None:
         return count_usage(call) or super().response_usage(call, response, body)

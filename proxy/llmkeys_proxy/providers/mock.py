@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import orjson
 from multidict import CIMultiDict
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings, tokens, usage
 from llmkeys_proxy.providers import base
 
 MOCK_REPLY = (
@@ -91,11 +91,11 @@ class MockAdapter(base.ProviderAdapter):
 
     def reply_tokens(self, model: str, cap: int | None) -> list[str]:
         """The reply as token strings, cut to `cap` tokens."""
-        encoding = usage.encoding_for_model(model)
-        tokens = encoding.encode_ordinary(MOCK_REPLY)
+        encoding = tokens.encoding_for_model(model)
+        ids = encoding.encode_ordinary(MOCK_REPLY)
         if cap is not None:
-            tokens = tokens[:cap]
-        return [encoding.decode([token]) for token in tokens]
+            ids = ids[:cap]
+        return [encoding.decode([token]) for token in ids]
 
     async def send(self, call: base.UpstreamCall) -> base.UpstreamResponse:
         if self._delay_s:

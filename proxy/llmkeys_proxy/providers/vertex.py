@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, errors, settings, usage
+from llmkeys_proxy import config, errors, settings, tokens, usage
 from llmkeys_proxy.providers import anthropic, base, gemini, google_oauth
 
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
@@ -105,9 +105,9 @@ class VertexAdapter(base.HttpAdapter):
 
     def response_usage(
         self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> usage.TokenCounts | None:
+    ) -> tokens.TokenCounts | None:
         if call.operation in anthropic.COUNT_OPERATIONS:
-            return usage.TokenCounts(input_tokens=0)
+            return tokens.TokenCounts(input_tokens=0)
         return gemini.count_usage(call) or super().response_usage(call, response, body)
 
     def secret_values(self) -> tuple[bytes, ...]:

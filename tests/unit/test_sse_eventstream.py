@@ -9,14 +9,14 @@ import struct
 import orjson
 import pytest
 from botocore import eventstream as botocore_eventstream
+from tests.fakes import encoders
 
-from llmkeys_proxy import streams
-from llmkeys_proxy.streams import SSEEvent
+from llmkeys_proxy import eventstream, sse
 
 
-def sse_all(data: bytes, splits: list[int] | None = None) -> list[SSEEvent]:
-    parser = streams.SSEParser()
-    events: list[SSEEvent] = []
+def sse_all(data: bytes, splits: list[int] | None = None) -> list[sse.SSEEvent]:
+    parser = sse.SSEParser()
+    events: list[sse.SSEEvent] = []
     cuts = [0, *(splits or []), len(data)]
     for start, end in itertools.pairwise(cuts):
         events.extend(parser.feed(data[start:end]))
@@ -45,11 +45,11 @@ SSE_SAMPLE = (
 
 def test_sse_events() -> None:
     assert sse_all(SSE_SAMPLE) == [
-        SSEEvent(event="greeting", data="line one\nline two", id="7"),
-        SSEEvent(event="message", data='{"x": 1}', id="7"),
-        SSEEvent(event="message", data="cr only", id="7", retry=3000),
-        SSEEvent(event="message", data="", id="7"),
-        SSEEvent(event="message", data="last", id="7"),  # unterminated: returned by close()
+        sse.SSEEvent(event="greeting", data="line one\nline two", id="7"),
+        sse.SSEEvent(event="message", data='{"x": 1}', id="7"),
+        sse.SSEEvent(event="message", data="cr only", id="7", retry=3000),
+        sse.SSEEvent(event="message", data="", id="7"),
+        sse.SSEEvent(event="message", data="last", id="7"),  # unterminated: returned by close()
     ]
 
 
@@ -61,7 +61,7 @@ def test_sse_split_at_every_byte_boundary() -> None:
 
 
 def test_sse_crlf_split_between_cr_and_lf() -> None:
-    parser = streams.SSEParser()
+    parser = sse.SSEParser()
     assert parser.feed(b"data: a\r\n\r") == []
     events = parser.feed(b"\ndata: b\r\n\r\n")
     assert [e.data for e in events] == ["a", "b"]
@@ -69,8 +69,8 @@ def test_sse_crlf_split_between_cr_and_lf() -> None:
 
 
 def test_format_sse_event_round_trips() -> None:
-    encoded = streams.format_sse_event("a\nb", event="delta") + streams.format_sse_event(b"{}")
-    assert sse_all(encoded) == [SSEEvent("delta", "a\nb"), SSEEvent("message", "{}")]
+    encoded = encoders.sse_event("a\nb", event="delta") + encoders.sse_event(b"{}")
+    assert sse_all(encoded) == [sse.SSEEvent("delta", "a\nb"), sse.SSEEvent("message", "{}")]
 
 
 # --- AWS event stream -------------------------------------------------------------------------------
@@ -78,19 +78,19 @@ def test_format_sse_event_round_trips() -> None:
 
 def frames() -> list[bytes]:
     return [
-        streams.encode_aws_event("messageStart", {"role": "assistant", "p": "abcd"}),
-        streams.encode_aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi ☃"}}),
-        streams.encode_event_message(
+        encoders.aws_event("messageStart", {"role": "assistant", "p": "abcd"}),
+        encoders.aws_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi ☃"}}),
+        encoders.event_message(
             {":message-type": "exception", ":exception-type": "throttlingException", "flag": True, "n": -5},
             b'{"message":"slow down"}',
         ),
-        streams.encode_event_message({":event-type": "blob", "raw": b"\x00\x01"}, b""),
+        encoders.event_message({":event-type": "blob", "raw": b"\x00\x01"}, b""),
     ]
 
 
 def test_event_stream_frames_decode_like_botocore() -> None:
     data = b"".join(frames())
-    ours = streams.EventStreamParser().feed(data)
+    ours = eventstream.EventStreamParser().feed(data)
     buffer = botocore_eventstream.EventStreamBuffer()
     buffer.add_data(data)
     theirs = list(buffer)
@@ -125,7 +125,7 @@ def test_event_stream_parses_botocore_typed_headers() -> None:
     prelude = struct.pack(">II", 12 + len(headers) + len(payload) + 4, len(headers))
     head = prelude + struct.pack(">I", binascii.crc32(prelude)) + headers + payload
     frame = head + struct.pack(">I", binascii.crc32(head))
-    (message,) = streams.EventStreamParser().feed(frame)
+    (message,) = eventstream.EventStreamParser().feed(frame)
     reference = botocore_eventstream.EventStreamBuffer()
     reference.add_data(frame)
     (theirs,) = list(reference)
@@ -139,20 +139,20 @@ def test_event_stream_parses_botocore_typed_headers() -> None:
 
 def test_event_stream_split_across_reads() -> None:
     data = b"".join(frames())
-    expected = streams.EventStreamParser().feed(data)
+    expected = eventstream.EventStreamParser().feed(data)
     for cut in range(1, len(data)):
-        parser = streams.EventStreamParser()
+        parser = eventstream.EventStreamParser()
         got = parser.feed(data[:cut]) + parser.feed(data[cut:])
         assert got == expected, cut
         assert parser.pending_bytes == 0
-    parser = streams.EventStreamParser()
+    parser = eventstream.EventStreamParser()
     one_by_one = [m for i in range(len(data)) for m in parser.feed(data[i : i + 1])]
     assert one_by_one == expected
 
 
 def test_event_stream_truncated_frame_is_pending() -> None:
     data = b"".join(frames())
-    parser = streams.EventStreamParser()
+    parser = eventstream.EventStreamParser()
     assert len(parser.feed(data[:-3])) == 3
     assert parser.pending_bytes == len(frames()[-1]) - 3
 
@@ -161,15 +161,15 @@ def test_event_stream_truncated_frame_is_pending() -> None:
 def test_event_stream_crc_mismatch_is_refused(offset: int) -> None:
     frame = bytearray(frames()[1])
     frame[offset] ^= 0x40
-    parser = streams.EventStreamParser()
-    with pytest.raises(streams.EventStreamError):
+    parser = eventstream.EventStreamParser()
+    with pytest.raises(eventstream.EventStreamError):
         parser.feed(bytes(frame))
-    with pytest.raises(streams.EventStreamError, match="already failed"):
+    with pytest.raises(eventstream.EventStreamError, match="already failed"):
         parser.feed(frames()[0])
 
 
 def test_event_stream_refuses_absurd_lengths() -> None:
     prelude = struct.pack(">II", 1 << 30, 0)
     garbage = prelude + struct.pack(">I", binascii.crc32(prelude))
-    with pytest.raises(streams.EventStreamError, match="length"):
-        streams.EventStreamParser().feed(garbage)
+    with pytest.raises(eventstream.EventStreamError, match="length"):
+        eventstream.EventStreamParser().feed(garbage)

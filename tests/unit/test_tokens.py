@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tiktoken.load
 
-from llmkeys_proxy import usage
+from llmkeys_proxy import tokens
 
 
 @pytest.fixture
@@ -29,23 +29,23 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(tiktoken.load, "read_file", refuse)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", refuse)
-    saved = dict(usage._LOADED)
-    usage._LOADED.clear()
+    saved = dict(tokens._LOADED)
+    tokens._LOADED.clear()
     yield cache
-    usage._LOADED.clear()
-    usage._LOADED.update(saved)
+    tokens._LOADED.clear()
+    tokens._LOADED.update(saved)
 
 
 def test_shipped_files_match_tiktoken_published_hashes() -> None:
-    for spec in usage.ENCODINGS.values():
-        data = (usage.ENCODINGS_DIR / spec.file).read_bytes()
+    for spec in tokens.ENCODINGS.values():
+        data = (tokens.ENCODINGS_DIR / spec.file).read_bytes()
         assert len(data) == spec.size
         assert hashlib.sha256(data).hexdigest() == spec.sha256
 
 
 def test_encodings_load_without_network_or_cache(no_network: Path) -> None:
-    o200k = usage.load_encoding("o200k_base")
-    cl100k = usage.load_encoding("cl100k_base")
+    o200k = tokens.load_encoding("o200k_base")
+    cl100k = tokens.load_encoding("cl100k_base")
     # Token ids published in OpenAI's cookbook / tiktoken README.
     assert cl100k.encode("tiktoken is great!") == [83, 1609, 5963, 374, 2294, 0]
     assert o200k.encode("hello world") == [24912, 2375]
@@ -56,7 +56,7 @@ def test_encodings_load_without_network_or_cache(no_network: Path) -> None:
 
 
 def test_harmony_encoding_shares_o200k_ranks(no_network: Path) -> None:
-    harmony = usage.load_encoding("o200k_harmony")
+    harmony = tokens.load_encoding("o200k_harmony")
     assert harmony.encode("hello world") == [24912, 2375]
     assert harmony.encode("<|start|>", allowed_special="all") == [200006]
 
@@ -64,37 +64,37 @@ def test_harmony_encoding_shares_o200k_ranks(no_network: Path) -> None:
 def test_round_trip_unicode() -> None:
     text = "Grüße, 世界! 🚀 naïve café — ½ ≠ 0.5\n\tindent"
     for name in ("o200k_base", "cl100k_base"):
-        encoding = usage.load_encoding(name)
+        encoding = tokens.load_encoding(name)
         assert encoding.decode(encoding.encode(text)) == text
 
 
 def test_corrupted_file_is_refused(tmp_path: Path) -> None:
-    source = usage.ENCODINGS_DIR / "cl100k_base.tiktoken"
+    source = tokens.ENCODINGS_DIR / "cl100k_base.tiktoken"
     broken = tmp_path / "cl100k_base.tiktoken"
     data = bytearray(source.read_bytes())
     data[1000] ^= 0x01
     broken.write_bytes(bytes(data))
-    with pytest.raises(usage.EncodingIntegrityError, match="expected 223921b7"):
-        usage.load_encoding("cl100k_base", tmp_path)
+    with pytest.raises(tokens.EncodingIntegrityError, match="expected 223921b7"):
+        tokens.load_encoding("cl100k_base", tmp_path)
 
 
 def test_truncated_and_missing_files_are_refused(tmp_path: Path) -> None:
-    source = usage.ENCODINGS_DIR / "o200k_base.tiktoken"
+    source = tokens.ENCODINGS_DIR / "o200k_base.tiktoken"
     (tmp_path / "o200k_base.tiktoken").write_bytes(source.read_bytes()[:-10])
-    with pytest.raises(usage.EncodingIntegrityError):
-        usage.load_encoding("o200k_base", tmp_path)
-    with pytest.raises(usage.EncodingIntegrityError, match="cannot be read"):
-        usage.load_encoding("cl100k_base", tmp_path)
+    with pytest.raises(tokens.EncodingIntegrityError):
+        tokens.load_encoding("o200k_base", tmp_path)
+    with pytest.raises(tokens.EncodingIntegrityError, match="cannot be read"):
+        tokens.load_encoding("cl100k_base", tmp_path)
 
 
 def test_intact_copy_elsewhere_loads(tmp_path: Path) -> None:
-    shutil.copy(usage.ENCODINGS_DIR / "cl100k_base.tiktoken", tmp_path)
-    assert usage.load_encoding("cl100k_base", tmp_path).encode("hello world") == [15339, 1917]
+    shutil.copy(tokens.ENCODINGS_DIR / "cl100k_base.tiktoken", tmp_path)
+    assert tokens.load_encoding("cl100k_base", tmp_path).encode("hello world") == [15339, 1917]
 
 
 def test_unshipped_encoding_is_a_key_error() -> None:
     with pytest.raises(KeyError):
-        usage.load_encoding("p50k_base")
+        tokens.load_encoding("p50k_base")
 
 
 @pytest.mark.parametrize(
@@ -122,26 +122,26 @@ def test_unshipped_encoding_is_a_key_error() -> None:
     ],
 )
 def test_encoding_for_model(model: str, encoding: str) -> None:
-    assert usage.encoding_name_for_model(model) == encoding
-    assert usage.encoding_for_model(model).name == encoding
+    assert tokens.encoding_name_for_model(model) == encoding
+    assert tokens.encoding_for_model(model).name == encoding
 
 
 def test_count_tokens_treats_special_tokens_as_text() -> None:
-    assert usage.count_tokens("gpt-4o", "") == 0
-    assert usage.count_tokens("gpt-4o", "hello world") == 2
+    assert tokens.count_tokens("gpt-4o", "") == 0
+    assert tokens.count_tokens("gpt-4o", "hello world") == 2
     # A prompt containing a special-token look-alike must not raise nor collapse into one token.
-    assert usage.count_tokens("gpt-4o", "<|endoftext|>") > 1
+    assert tokens.count_tokens("gpt-4o", "<|endoftext|>") > 1
 
 
 def test_preload_encodings(no_network: Path) -> None:
-    usage.preload_encodings()
-    loaded = {key[0]: encoding for key, encoding in usage._LOADED.items()}
+    tokens.preload_encodings()
+    loaded = {key[0]: encoding for key, encoding in tokens._LOADED.items()}
     assert set(loaded) == {"o200k_base", "cl100k_base"}
-    assert usage.encoding_for_model("gpt-4o") is loaded["o200k_base"]
-    assert usage.encoding_for_model("gpt-4") is loaded["cl100k_base"]
+    assert tokens.encoding_for_model("gpt-4o") is loaded["o200k_base"]
+    assert tokens.encoding_for_model("gpt-4") is loaded["cl100k_base"]
 
 
 def test_concurrent_first_loads_build_one_encoding(no_network: Path) -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: usage.load_encoding("cl100k_base"), range(8)))
+        results = list(pool.map(lambda _: tokens.load_encoding("cl100k_base"), range(8)))
     assert all(result is results[0] for result in results)
