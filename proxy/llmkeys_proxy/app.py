@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from llmkeys_proxy import (
+    apis,
     audit_sinks,
     auth,
     errors,
@@ -75,19 +76,11 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
-def _model_object(model: str, owned_by: str) -> dict[str, object]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": owned_by}
-
-
-def _anthropic_model(model: str) -> dict[str, object]:
-    return {"type": "model", "id": model, "display_name": model, "created_at": "1970-01-01T00:00:00Z"}
-
-
 async def _list_models(request: web.Request) -> web.Response:
     """GET /v1/models: only the models this key may use. The anthropic SDK (it sends
     `anthropic-version`) gets Anthropic's list shape on the same path."""
     state = request.app[STATE]
-    family: errors.ApiFamily = "anthropic" if "anthropic-version" in request.headers else "openai"
+    family = apis.FAMILIES["anthropic" if "anthropic-version" in request.headers else "openai"]
     try:
         table = state.table
         if table is None:
@@ -100,33 +93,22 @@ async def _list_models(request: web.Request) -> web.Response:
         wanted = request.match_info.get("model")
         listed = table.models_for(key)
         if wanted is None:
-            if family == "anthropic":
-                models = [_anthropic_model(model) for model, _ in listed]
-                first, last = (listed[0][0], listed[-1][0]) if listed else (None, None)
-                page = {"data": models, "has_more": False, "first_id": first, "last_id": last}
-                return web.json_response(page, dumps=_dumps)
-            data = [_model_object(model, provider.provider) for model, provider in listed]
-            return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+            return web.json_response(family.model_list(listed), dumps=_dumps)
         for model, provider in listed:
             if model == wanted:
-                one = (
-                    _anthropic_model(model)
-                    if family == "anthropic"
-                    else _model_object(model, provider.provider)
-                )
-                return web.json_response(one, dumps=_dumps)
+                return web.json_response(family.model_object(model, provider), dumps=_dumps)
         raise errors.ProxyError(
             "model_not_found", f"The model '{wanted}' does not exist or this key may not use it."
         )
     except errors.ProxyError as error:
-        response = errors.error_response(family, error)
+        response = family.error_response(error)
         response.headers["x-request-id"] = headers.request_id_of(request.headers)
         return response
 
 
 async def _not_found(request: web.Request) -> web.Response:
     error = errors.ProxyError("not_found", f"No route {request.method} {request.path} on this proxy.")
-    response = errors.error_response("openai", error)
+    response = apis.FAMILIES["openai"].error_response(error)
     response.headers["x-request-id"] = headers.request_id_of(request.headers)
     return response
 

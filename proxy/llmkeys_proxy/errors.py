@@ -1,21 +1,15 @@
-"""Proxy errors: the stable code table and the error body shape each API family's SDK understands.
+"""Proxy errors: the stable code table and the `ProxyError` every refusal raises.
 
-Raised anywhere in the request pipeline as `ProxyError(code, message)`; rendered once by the route
-handler with `error_response(family, error)`. The family follows the route the client called
-(OpenAI and Azure routes get OpenAI's shape). A new family registers its shape in `_RENDERERS`.
-Messages never contain keys, credentials or prompt text.
+Raised anywhere in the request pipeline as `ProxyError(code, message)`; rendered once, in the shape
+of the caller's API family (`apis.<family>.FAMILY.error_response`): the family follows the route
+the client called (OpenAI and Azure routes get OpenAI's shape). Messages never contain keys,
+credentials or prompt text.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Literal
-
-import orjson
-from aiohttp import web
-
-ApiFamily = Literal["openai", "anthropic", "gemini", "bedrock"]
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,99 +88,3 @@ class ProxyError(Exception):
         self.type = row.type
         self.param = param
         self.headers = headers
-
-
-def _openai_body(error: ProxyError) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
-    )
-
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
-
-
-def _anthropic_body(error: ProxyError) -> bytes:
-    kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
-    return orjson.dumps(
-        {"type": "error", "error": {"type": kind, "message": error.message, "code": error.code}}
-    )
-
-
-_GOOGLE_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-
-def _gemini_body(error: ProxyError) -> bytes:
-    return orjson.dumps(
-        {
-            "error": {
-                "code": error.status,
-                "message": error.message,
-                "status": _GOOGLE_STATUS.get(error.status, "INTERNAL"),
-                "details": [
-                    {
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": error.code,
-                        "domain": "llmkeys.io",
-                    }
-                ],
-            }
-        }
-    )
-
-
-def _bedrock_body(error: ProxyError) -> bytes:
-    # botocore reads the exception name from the x-amzn-ErrorType header (set below) and `message`.
-    return orjson.dumps({"message": error.message, "code": error.code})
-
-
-_BEDROCK_TYPES = {
-    400: "ValidationException",
-    401: "UnrecognizedClientException",
-    403: "AccessDeniedException",
-    404: "ResourceNotFoundException",
-    413: "ValidationException",
-    429: "ThrottlingException",
-    503: "ServiceUnavailableException",
-    504: "ModelTimeoutException",
-}
-
-_RENDERERS: dict[str, Callable[[ProxyError], bytes]] = {
-    "openai": _openai_body,
-    "anthropic": _anthropic_body,
-    "gemini": _gemini_body,
-    "bedrock": _bedrock_body,
-}
-
-
-def error_body(family: ApiFamily, error: ProxyError) -> bytes:
-    """The JSON body for `error` in the shape of `family`."""
-    return _RENDERERS[family](error)
-
-
-def error_response(family: ApiFamily, error: ProxyError) -> web.Response:
-    """A complete JSON error response (status, body and the error's extra headers)."""
-    response = web.Response(
-        status=error.status, body=error_body(family, error), content_type="application/json"
-    )
-    if error.headers:
-        response.headers.update(error.headers)
-    if family == "bedrock":
-        response.headers["x-amzn-ErrorType"] = _BEDROCK_TYPES.get(error.status, "InternalServerException")
-    return response

@@ -12,7 +12,6 @@ critical path. Errors are rendered once, in the caller's API family's shape.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
@@ -21,7 +20,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from llmkeys_proxy import auth, config, errors, headers, routing, settlement, tokens, usage
+from llmkeys_proxy import auth, config, errors, headers, routing, settlement, tokens
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import base as providers_base
 from llmkeys_proxy.state import STATE, ProxyState
@@ -40,28 +40,6 @@ _DENY_MESSAGES: dict[str, str] = {
     "pool_budget_exceeded": "A shared budget this key draws from is exhausted.",
     "provider_limit_exceeded": "The provider credential serving this model is at its shared limit.",
 }
-
-
-#: Where each OpenAI format takes its output cap: set to the key's maxTokensPerRequest when a
-#: request names none, so the cap holds even for clients that never ask for one.
-OUTPUT_CAP_FIELDS: dict[str, str] = {
-    "openai-chat": "max_completion_tokens",
-    "openai-completions": "max_tokens",
-    "openai-responses": "max_output_tokens",
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Endpoint:
-    """What an inbound route means to the pipeline."""
-
-    api: usage.ApiFormat
-    #: See `providers.base.UpstreamCall.operation`.
-    operation: str
-    family: errors.ApiFamily = "openai"
-    #: Streamed whatever the body says (Gemini streamGenerateContent, Bedrock converse-stream);
-    #: None: the body's `stream` field decides.
-    stream: bool | None = None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -92,40 +70,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def upstream_body(
-    api: usage.ApiFormat,
-    stream: bool,
-    payload: dict[str, Any],
-    body: bytes,
-    upstream_model: str,
-    injects_stream_usage: bool,
-    output_cap: int | None = None,
-) -> tuple[bytes, dict[str, Any], bool]:
-    """(bytes to send, payload they encode, whether to hide the injected usage chunk). The original
-    bytes unless the model must be renamed, a streamed chat/completion must ask for usage, or a
-    request without an output cap must get the key's (`output_cap`: only passed when it names none)."""
-    changes: dict[str, Any] = {}
-    if api.startswith("openai-") and payload.get("model") != upstream_model:
-        changes["model"] = upstream_model
-    cap_field = OUTPUT_CAP_FIELDS.get(api)
-    if output_cap is not None and cap_field is not None:
-        changes[cap_field] = output_cap
-    hide = False
-    if stream and injects_stream_usage and api in ("openai-chat", "openai-completions"):
-        options = payload.get("stream_options")
-        if not (isinstance(options, dict) and options.get("include_usage") is True):
-            changes["stream_options"] = (
-                {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-            )
-            hide = True
-    if not changes:
-        return body, payload, False
-    rewritten = {**payload, **changes}
-    return orjson.dumps(rewritten), rewritten, hide
-
-
 async def handle(
-    request: web.Request, endpoint: Endpoint, path_model: str | None = None
+    request: web.Request, endpoint: apis_base.Endpoint, path_model: str | None = None
 ) -> web.StreamResponse:
     """Serve one proxied request end to end (see module docstring)."""
     state = request.app[STATE]
@@ -153,11 +99,13 @@ async def handle(
         state.settler.submit(outcome)
 
 
-def _refusal(family: errors.ApiFamily, error: errors.ProxyError, outcome: settlement.Outcome) -> web.Response:
+def _refusal(
+    family: apis_base.WireFamily, error: errors.ProxyError, outcome: settlement.Outcome
+) -> web.Response:
     if outcome.code == "ok":
         outcome.code = error.code
     outcome.status = error.status
-    response = errors.error_response(family, error)
+    response = family.error_response(error)
     response.headers["x-request-id"] = outcome.request_id
     if outcome.rate_headers and error.headers is None:
         response.headers.update(outcome.rate_headers)
@@ -167,7 +115,7 @@ def _refusal(family: errors.ApiFamily, error: errors.ProxyError, outcome: settle
 async def _proxy(
     state: ProxyState,
     request: web.Request,
-    endpoint: Endpoint,
+    endpoint: apis_base.Endpoint,
     path_model: str | None,
     outcome: settlement.Outcome,
 ) -> web.StreamResponse:
@@ -212,7 +160,7 @@ async def _proxy(
 async def _forward(
     state: ProxyState,
     request: web.Request,
-    endpoint: Endpoint,
+    endpoint: apis_base.Endpoint,
     table: routing.RoutingTable,
     key: config.KeyEntry,
     model: str,
@@ -221,7 +169,8 @@ async def _forward(
     payload: dict[str, Any],
     outcome: settlement.Outcome,
 ) -> web.StreamResponse:
-    requested = usage.requested_output_tokens(endpoint.api, payload)
+    wire = endpoint.wire
+    requested = wire.requested_output_tokens(payload)
     cap = key.limits.max_tokens_per_request
     if cap is not None and requested is not None and requested > cap:
         raise errors.ProxyError(
@@ -255,11 +204,9 @@ async def _forward(
         # Only token and spend limits need the prompt counted up front; otherwise it is counted
         # later, and only if the provider reports no usage.
         if len(body) > THREAD_ESTIMATE_BYTES:
-            prompt_tokens = await asyncio.to_thread(
-                usage.estimate_prompt_tokens, endpoint.api, route.price_model, payload
-            )
+            prompt_tokens = await asyncio.to_thread(wire.estimate_prompt_tokens, route.price_model, payload)
         else:
-            prompt_tokens = usage.estimate_prompt_tokens(endpoint.api, route.price_model, payload)
+            prompt_tokens = wire.estimate_prompt_tokens(route.price_model, payload)
         estimate = tokens.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
         estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
     await _reserve(
@@ -268,8 +215,7 @@ async def _forward(
 
     adapter = route.adapter
     stream = outcome.stream
-    body_out, payload_out, hide = upstream_body(
-        endpoint.api,
+    body_out, payload_out, hide = wire.upstream_body(
         stream,
         payload,
         body,
@@ -295,8 +241,8 @@ async def _forward(
         outcome.upstream_error = error.code
         raise
     if stream and 200 <= upstream.status < 300:
-        return await _stream(request, upstream, call, adapter, hide, prompt_tokens, outcome)
-    return await _whole(upstream, call, adapter, route, prompt_tokens, outcome)
+        return await _stream(request, upstream, call, wire, adapter, hide, prompt_tokens, outcome)
+    return await _whole(upstream, call, wire, adapter, route, prompt_tokens, outcome)
 
 
 def _counts_tokens(limits: config.Limits) -> bool:
@@ -308,11 +254,16 @@ def _counts_tokens(limits: config.Limits) -> bool:
     )
 
 
-def _prompt_tokens(known: int | None, call: providers_base.UpstreamCall, outcome: settlement.Outcome) -> int:
+def _prompt_tokens(
+    known: int | None,
+    call: providers_base.UpstreamCall,
+    wire: apis_base.WireFormat,
+    outcome: settlement.Outcome,
+) -> int:
     """The prompt estimate, counted now if the reservation did not need it."""
     if known is not None:
         return known
-    return usage.estimate_prompt_tokens(call.api, outcome.price_model or call.upstream_model, call.payload)
+    return wire.estimate_prompt_tokens(outcome.price_model or call.upstream_model, call.payload)
 
 
 async def _reserve(
@@ -366,6 +317,7 @@ async def _reserve(
 async def _whole(
     upstream: providers_base.UpstreamResponse,
     call: providers_base.UpstreamCall,
+    wire: apis_base.WireFormat,
     adapter: providers_base.ProviderAdapter,
     route: routing.Route,
     prompt_tokens: int | None,
@@ -380,11 +332,11 @@ async def _whole(
         outcome.completion_body = data
     if not 200 <= status < 300:
         return _upstream_failure(upstream, data, adapter, route, outcome)
-    counts = adapter.response_usage(call, upstream, data)
+    counts = wire.response_usage(call.operation, upstream.headers, data)
     if counts is None:
         counts = tokens.TokenCounts(
-            input_tokens=_prompt_tokens(prompt_tokens, call, outcome),
-            output_tokens=_output_tokens_of(call, data),
+            input_tokens=_prompt_tokens(prompt_tokens, call, wire, outcome),
+            output_tokens=_output_tokens_of(call, wire, data),
         )
         outcome.usage_source = "estimate"
     else:
@@ -420,7 +372,7 @@ def _upstream_failure(
             f"the ProviderCredential '{route.provider.id}'.",
         )
     if status >= 500:
-        detail = _upstream_message(data)
+        detail = apis_base.upstream_error_message(data)
         raise errors.ProxyError(
             "upstream_error",
             f"The provider answered HTTP {status}" + (f": {detail}" if detail else "."),
@@ -441,50 +393,11 @@ def _upstream_failure(
     return response
 
 
-def _upstream_message(data: bytes) -> str:
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return ""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if not isinstance(message, str):
-        message = payload.get("message") if isinstance(payload, dict) else None
-    return message[:_UPSTREAM_MESSAGE_LIMIT] if isinstance(message, str) else ""
-
-
-def _output_tokens_of(call: providers_base.UpstreamCall, data: bytes) -> int:
-    """Output tokens of an OpenAI-format response that reported no usage, counted with tiktoken."""
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return 0
-    if not isinstance(payload, dict):
-        return 0
-    texts: list[str] = []
-    choices = payload.get("choices")
-    if isinstance(choices, list):
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            message = choice.get("message")
-            content = message.get("content") if isinstance(message, dict) else choice.get("text")
-            if isinstance(content, str):
-                texts.append(content)
-    output = payload.get("output")
-    if isinstance(output, list):
-        for item in output:
-            parts = item.get("content") if isinstance(item, dict) else None
-            for part in parts if isinstance(parts, list) else ():
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-    return tokens.count_tokens(call.upstream_model, "".join(texts)) if texts else 0
-
-
 async def _stream(
     request: web.Request,
     upstream: providers_base.UpstreamResponse,
     call: providers_base.UpstreamCall,
+    wire: apis_base.WireFormat,
     adapter: providers_base.ProviderAdapter,
     hide: bool,
     prompt_tokens: int | None,
@@ -496,7 +409,7 @@ async def _stream(
     if outcome.rate_headers:
         response.headers.update(outcome.rate_headers)
     outcome.status = upstream.status
-    meter = adapter.stream_meter(call, hide)
+    meter = wire.meter(call.upstream_model, hide)
     # Audit level content: keep the start of what the client got (the settler cuts and scrubs it).
     capture = bytearray() if outcome.prompt_body is not None else None
     capture_max = request.app[STATE].settings.audit_content_max_bytes + 256
@@ -529,8 +442,17 @@ async def _stream(
             outcome.completion_body = bytes(capture)
         outcome.upstream_error = outcome.upstream_error or upstream.error
         if prompt_tokens is None and (meter.usage is None or not meter.complete):
-            prompt_tokens = _prompt_tokens(None, call, outcome)
+            prompt_tokens = _prompt_tokens(None, call, wire, outcome)
         counts = meter.settled_counts(prompt_tokens or 0)
         outcome.counts = counts
         outcome.usage_source = "provider" if meter.complete and counts == meter.usage else "estimate"
     return response
+
+
+def _output_tokens_of(call: providers_base.UpstreamCall, wire: apis_base.WireFormat, data: bytes) -> int:
+    """Output tokens of a response that reported no usage, counted with tiktoken over its text."""
+    payload = apis_base.loads(data)
+    if not isinstance(payload, dict):
+        return 0
+    texts = wire.output_text(payload)
+    return tokens.count_tokens(call.upstream_model, "".join(texts)) if texts else 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from llmkeys_proxy import config, errors, usage
+from llmkeys_proxy import config, errors
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import base as providers_base
 
@@ -88,7 +89,7 @@ class RoutingTable:
             self._key_pools[key.key_id] = found
         return found
 
-    def resolve(self, key: config.KeyEntry, model: str, api: usage.ApiFormat, operation: str) -> Route:
+    def resolve(self, key: config.KeyEntry, model: str, api: apis_base.ApiFormat, operation: str) -> Route:
         """The route for `key` calling `model`; raises ProxyError model_not_allowed (allowlists),
         model_not_found (no credential serves it), provider_not_allowed (only credentials the key may
         not use serve it) or endpoint_not_supported (its credentials cannot serve this operation)."""
@@ -106,7 +107,7 @@ class RoutingTable:
             raise found
         return found
 
-    def _resolve(self, key: config.KeyEntry, model: str, api: usage.ApiFormat, operation: str) -> Route:
+    def _resolve(self, key: config.KeyEntry, model: str, api: apis_base.ApiFormat, operation: str) -> Route:
         if not key.model_allowed(model):
             raise errors.ProxyError(
                 "model_not_allowed", f"This key may not use model '{model}'.", param="model"

@@ -27,7 +27,7 @@ import pytest
 from tests import redis_server
 from tests.fakes import loopback, openai_server
 
-from llmkeys_proxy import config, keys, sources, usage
+from llmkeys_proxy import apis, config, keys, sources
 from llmkeys_proxy.limits import base, periods
 from llmkeys_proxy.limits import redis as redis_limits
 
@@ -42,7 +42,7 @@ PRICE = config.ModelPrice(input=1_000_000, output=4_000_000)
 FAKE_PROMPT_TOKENS = 5 + openai_server.FakeOpenAI().input_overhead
 FAKE_COST = FAKE_PROMPT_TOKENS * 1 + MAX_TOKENS * 4
 #: The proxy's own estimate (tiktoken + chat framing + requested output cap) that it reserves.
-ESTIMATED_TOKENS = usage.estimate_prompt_tokens("openai-chat", MODEL, {"messages": MESSAGES}) + MAX_TOKENS
+ESTIMATED_TOKENS = apis.estimate_prompt_tokens("openai-chat", MODEL, {"messages": MESSAGES}) + MAX_TOKENS
 ESTIMATED_COST = (ESTIMATED_TOKENS - MAX_TOKENS) * 1 + MAX_TOKENS * 4
 #: The spend scenario's requests name no max_tokens: the proxy reserves the key's default output
 #: reservation, smaller than what the fake then writes (its whole reply): a real estimate-vs-actual gap.

@@ -16,7 +16,7 @@ import pytest
 from tests import proxy_harness
 from tests.fakes import bedrock_server, loopback, tls
 
-from llmkeys_proxy import config, tokens, usage
+from llmkeys_proxy import apis, config, tokens
 
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-5-5-v1:0"
@@ -231,7 +231,7 @@ async def test_cut_stream_is_counted_and_errors_keep_bedrock_shape(
         await asyncio.to_thread(read_converse_stream, client, modelId=MODEL, messages=MESSAGES)
     month = await proxy.month_usage()
     # No metadata event arrived: input from the estimate, output counted with tiktoken from what passed.
-    estimate = usage.estimate_prompt_tokens("bedrock-converse", MODEL, {"messages": MESSAGES})
+    estimate = apis.estimate_prompt_tokens("bedrock-converse", MODEL, {"messages": MESSAGES})
     assert month.input_tokens == estimate
     assert month.output_tokens == tokens.count_tokens(MODEL, "".join(bedrock_server.REPLY_PIECES[:2]))
 

@@ -14,7 +14,7 @@ import pytest
 from tests import proxy_harness
 from tests.fakes import openai_server
 
-from llmkeys_proxy import config, sources, tokens, usage
+from llmkeys_proxy import apis, config, sources, tokens
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.limits import memory
 from llmkeys_proxy.limits import redis as redis_limits
@@ -135,7 +135,7 @@ async def test_stream_cut_off_upstream_is_charged_from_what_passed(
         await proxy.settled()
         text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
         assert text == "".join(openai_server.REPLY_WORDS[:3])
-        prompt = usage.estimate_prompt_tokens("openai-chat", "gpt-4o-mini", {"messages": MESSAGES})
+        prompt = apis.estimate_prompt_tokens("openai-chat", "gpt-4o-mini", {"messages": MESSAGES})
         # Never $0: the prompt estimate plus tiktoken's count of what streamed before the cut.
         assert await month_usage(limiter, key) == (1, prompt, tokens.count_tokens("gpt-4o-mini", text))
 

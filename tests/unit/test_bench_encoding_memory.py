@@ -7,7 +7,7 @@ import sys
 
 _PROBE = """
 import os
-from llmkeys_proxy import tokens, usage
+from llmkeys_proxy import tokens
 def rss_mb():
     return int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = rss_mb()

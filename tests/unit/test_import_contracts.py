@@ -133,6 +133,47 @@ CONTRACTS = (
         ),
     ),
     Contract(
+        "the pipeline names no wire format: it calls the Endpoint's WireFormat",
+        importers=("llmkeys_proxy.pipeline",),
+        forbidden=(
+            "llmkeys_proxy.apis",
+            "llmkeys_proxy.apis.openai",
+            "llmkeys_proxy.apis.anthropic",
+            "llmkeys_proxy.apis.gemini",
+            "llmkeys_proxy.apis.bedrock",
+        ),
+    ),
+    Contract(
+        "wire formats know nothing of where a request goes, nor of the request flow",
+        importers=("llmkeys_proxy.apis", "llmkeys_proxy.apis.*"),
+        forbidden=(
+            "llmkeys_proxy.providers",
+            "llmkeys_proxy.providers.*",
+            "llmkeys_proxy.pipeline",
+            "llmkeys_proxy.routes",
+            "llmkeys_proxy.routing",
+            "llmkeys_proxy.app",
+            "llmkeys_proxy.state",
+            "llmkeys_proxy.limits",
+            "llmkeys_proxy.limits.*",
+        ),
+    ),
+    Contract(
+        "the format families are independent, except Bedrock carrying Anthropic and OpenAI payloads",
+        importers=("llmkeys_proxy.apis.openai", "llmkeys_proxy.apis.anthropic", "llmkeys_proxy.apis.gemini"),
+        forbidden=(
+            "llmkeys_proxy.apis.openai",
+            "llmkeys_proxy.apis.anthropic",
+            "llmkeys_proxy.apis.gemini",
+            "llmkeys_proxy.apis.bedrock",
+        ),
+    ),
+    Contract(
+        "framing and counting are format-free leaves",
+        importers=("llmkeys_proxy.sse", "llmkeys_proxy.eventstream", "llmkeys_proxy.tokens"),
+        only=(),
+    ),
+    Contract(
         "the limiter backends know only the config contract and each other",
         importers=("llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),
         only=("llmkeys_proxy.config", "llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),

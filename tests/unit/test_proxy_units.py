@@ -13,19 +13,19 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmkeys_proxy import (
+    apis,
     auth,
     config,
     errors,
     headers,
     keys,
-    pipeline,
     routing,
     server,
     settings,
     sources,
     tokens,
-    usage,
 )
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import azure, base, mock
 from llmkeys_proxy.providers import openai as openai_adapter
@@ -94,17 +94,17 @@ def test_settings_refuse_bad_values_without_echoing_secrets(env: dict[str, str],
 
 def test_error_shapes_per_family() -> None:
     error = errors.ProxyError("model_not_allowed", "no", param="model")
-    assert json.loads(errors.error_body("openai", error)) == {
+    assert json.loads(apis.error_body("openai", error)) == {
         "error": {"message": "no", "type": "permission_error", "param": "model", "code": "model_not_allowed"}
     }
-    assert json.loads(errors.error_body("anthropic", error)) == {
+    assert json.loads(apis.error_body("anthropic", error)) == {
         "type": "error",
         "error": {"type": "permission_error", "message": "no", "code": "model_not_allowed"},
     }
-    gemini = json.loads(errors.error_body("gemini", error))["error"]
+    gemini = json.loads(apis.error_body("gemini", error))["error"]
     assert gemini["code"] == 403 and gemini["status"] == "PERMISSION_DENIED"
     assert gemini["details"][0]["reason"] == "model_not_allowed"
-    bedrock = errors.error_response("bedrock", errors.ProxyError("rate_limit_exceeded", "slow down"))
+    bedrock = apis.error_response("bedrock", errors.ProxyError("rate_limit_exceeded", "slow down"))
     assert bedrock.status == 429 and bedrock.headers["x-amzn-ErrorType"] == "ThrottlingException"
     passthrough = errors.ProxyError("upstream_error", "boom", status=503)
     assert passthrough.status == 503 and passthrough.type == "server_error"
@@ -216,22 +216,24 @@ def test_pools_of_a_key() -> None:
 def test_upstream_body_is_the_original_bytes_unless_a_change_is_needed() -> None:
     payload = {"model": "gpt-4o", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
     body = orjson.dumps(payload)
-    same, _, hide = pipeline.upstream_body("openai-chat", True, payload, body, "gpt-4o", True)
+    same, _, hide = apis.FORMATS["openai-chat"].upstream_body(True, payload, body, "gpt-4o", True)
     assert same is body and not hide
     payload = {"model": "gpt-4o", "stream": True, "stream_options": {"include_obfuscation": False}}
-    sent, parsed, hide = pipeline.upstream_body(
-        "openai-chat", True, payload, orjson.dumps(payload), "dep", True
+    sent, parsed, hide = apis.FORMATS["openai-chat"].upstream_body(
+        True, payload, orjson.dumps(payload), "dep", True
     )
     assert hide and parsed["model"] == "dep"
     assert orjson.loads(sent)["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     # A key's maxTokensPerRequest is set on requests that name no cap.
-    capped, parsed, _ = pipeline.upstream_body(
-        "openai-responses", False, {"model": "m"}, b"{}", "m", True, 300
+    capped, parsed, _ = apis.FORMATS["openai-responses"].upstream_body(
+        False, {"model": "m"}, b"{}", "m", True, 300
     )
     assert orjson.loads(capped) == parsed == {"model": "m", "max_output_tokens": 300}
     # Non-OpenAI formats keep the model wherever their API has it.
     native = {"model": "claude", "max_tokens": 5}
-    assert pipeline.upstream_body("anthropic-messages", False, native, b"raw", "other", False)[0] == b"raw"
+    assert (
+        apis.FORMATS["anthropic-messages"].upstream_body(False, native, b"raw", "other", False)[0] == b"raw"
+    )
 
 
 def test_rate_limit_headers_in_openai_format() -> None:
@@ -362,7 +364,7 @@ def test_azure_url_forms() -> None:
         azure.AzureOpenAIAdapter(provider("a", "azure-openai"), SETTINGS)
 
 
-def call_of(api: usage.ApiFormat, payload: dict[str, object], stream: bool = False) -> base.UpstreamCall:
+def call_of(api: apis_base.ApiFormat, payload: dict[str, object], stream: bool = False) -> base.UpstreamCall:
     return base.UpstreamCall(
         api=api,
         operation="x",
@@ -387,7 +389,7 @@ async def test_mock_provider_usage_is_exact_tiktoken() -> None:
     body = orjson.loads(await response.read())
     text = body["choices"][0]["message"]["content"]
     assert text == mock.MOCK_REPLY and body["choices"][0]["finish_reason"] == "stop"
-    assert body["usage"]["prompt_tokens"] == usage.estimate_prompt_tokens(
+    assert body["usage"]["prompt_tokens"] == apis.estimate_prompt_tokens(
         "openai-chat", "gpt-4o-mini", payload
     )
     assert body["usage"]["completion_tokens"] == tokens.count_tokens("gpt-4o-mini", text)
@@ -399,6 +401,6 @@ async def test_mock_provider_usage_is_exact_tiktoken() -> None:
     assert events[-1] == b"data: [DONE]"
     last = orjson.loads(events[-2].removeprefix(b"data: "))
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
-    assert usage.usage_from_json("openai-chat", last) == tokens.TokenCounts(
+    assert apis.usage_from_json("openai-chat", last) == tokens.TokenCounts(
         input_tokens=body["usage"]["prompt_tokens"], output_tokens=3
     )

@@ -1,4 +1,4 @@
-"""StreamUsage over real wire formats of every provider: usage, completion, hiding, cut-off fallback."""
+"""Stream meters over real wire formats of every provider: usage, completion, hiding, cut-off fallback."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ from google import genai
 from google.genai import types as genai_types
 from tests.fakes import encoders
 
-from llmkeys_proxy import streams, tokens
-from llmkeys_proxy.streams import StreamUsage
-from llmkeys_proxy.usage import ApiFormat
+from llmkeys_proxy import apis, tokens
+from llmkeys_proxy.apis import base as apis_base
+from llmkeys_proxy.apis.base import ApiFormat
 
 
 def count(text: str, model: str = "gpt-4o") -> int:
     return len(tokens.encoding_for_model(model).encode(text))
 
 
-def run(capture: StreamUsage, data: bytes, cuts: list[int]) -> bytes:
+def run(capture: apis_base.StreamMeter, data: bytes, cuts: list[int]) -> bytes:
     """Feed `data` split at `cuts`; returns what the client would receive."""
     out = []
     bounds = [0, *cuts, len(data)]
@@ -113,7 +113,7 @@ CHAT_USAGE = tokens.TokenCounts(input_tokens=19, output_tokens=10)
 
 def test_openai_chat_passthrough_returns_same_objects() -> None:
     events, _ = chat_stream()
-    capture = StreamUsage("openai-chat", "gpt-4o-mini")
+    capture = apis.meter("openai-chat", "gpt-4o-mini")
     for event in events:
         assert capture.feed(event) is event
     assert capture.finish() == b""
@@ -124,7 +124,7 @@ def test_openai_chat_passthrough_returns_same_objects() -> None:
 
 def test_openai_chat_hidden_usage_chunk_same_objects_when_aligned() -> None:
     events, usage_event = chat_stream()
-    capture = StreamUsage("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
+    capture = apis.meter("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
     for event in events:
         out = capture.feed(event)
         if event is usage_event:
@@ -141,7 +141,7 @@ def test_openai_chat_hidden_usage_chunk_at_every_split() -> None:
     data = b"".join(events)
     expected = data.replace(usage_event, b"")
     for cuts in every_split(data):
-        capture = StreamUsage("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
+        capture = apis.meter("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
         assert run(capture, data, cuts) == expected, cuts
         assert capture.usage == CHAT_USAGE
         assert capture.complete
@@ -151,7 +151,7 @@ def test_openai_chat_visible_usage_at_every_split() -> None:
     events, _ = chat_stream()
     data = b"".join(events)
     for cuts in every_split(data):
-        capture = StreamUsage("openai-chat", "gpt-4o-mini")
+        capture = apis.meter("openai-chat", "gpt-4o-mini")
         assert run(capture, data, cuts) == data
         assert capture.usage == CHAT_USAGE
         assert capture.complete
@@ -161,7 +161,7 @@ def test_openai_chat_crlf_and_usage_with_spaces() -> None:
     events, _ = chat_stream()
     data = b"".join(events).replace(b'"usage":{', b'"usage": {').replace(b"\n", b"\r\n")
     for cuts in ([], [len(data) // 3, len(data) // 2], list(range(1, len(data), 7))):
-        capture = StreamUsage("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
+        capture = apis.meter("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
         out = run(capture, data, cuts)
         assert capture.usage == CHAT_USAGE
         assert capture.complete
@@ -171,7 +171,7 @@ def test_openai_chat_crlf_and_usage_with_spaces() -> None:
 
 def test_openai_chat_hidden_stream_is_read_by_the_openai_sdk() -> None:
     events, _ = chat_stream()
-    capture = StreamUsage("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
+    capture = apis.meter("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
     body = b"".join(capture.feed(e) for e in events) + capture.finish()
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -192,7 +192,7 @@ def test_openai_chat_hidden_stream_is_read_by_the_openai_sdk() -> None:
 def test_openai_chat_cut_off_counts_passed_text() -> None:
     events, _ = chat_stream()
     passed = events[:3]  # role chunk + two content chunks, then the connection drops
-    capture = StreamUsage("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
+    capture = apis.meter("openai-chat", "gpt-4o-mini", hide_usage_chunk=True)
     for event in passed:
         capture.feed(event)
     capture.feed(events[3][:25])  # half an event
@@ -208,7 +208,7 @@ def test_openai_chat_cut_off_counts_passed_text() -> None:
 
 def test_openai_chat_stream_without_usage_chunk_falls_back() -> None:
     events, _ = chat_stream(with_usage=False)
-    capture = StreamUsage("openai-chat", "gpt-4o-mini")
+    capture = apis.meter("openai-chat", "gpt-4o-mini")
     for event in events:
         capture.feed(event)
     assert capture.complete
@@ -249,7 +249,7 @@ def test_openai_chat_tool_call_and_reasoning_text_counted_in_fallback() -> None:
             }
         ),
     ]
-    capture = StreamUsage("openai-chat", "gpt-4o")
+    capture = apis.meter("openai-chat", "gpt-4o")
     for event in delta_events:
         capture.feed(event)
     # Streamed pieces are tokenised as one text (as the model produced them).
@@ -269,10 +269,10 @@ def test_openai_completions_stream() -> None:
         b"data: [DONE]\n\n",
     ]
     data = b"".join(events)
-    capture = StreamUsage("openai-completions", "gpt-3.5-turbo-instruct", hide_usage_chunk=True)
+    capture = apis.meter("openai-completions", "gpt-3.5-turbo-instruct", hide_usage_chunk=True)
     assert run(capture, data, [10, 200]) == data.replace(events[2], b"")
     assert capture.usage == tokens.TokenCounts(input_tokens=5, output_tokens=4)
-    cut = StreamUsage("openai-completions", "gpt-3.5-turbo-instruct")
+    cut = apis.meter("openai-completions", "gpt-3.5-turbo-instruct")
     cut.feed(events[0])
     assert cut.fallback_counts(5) == tokens.TokenCounts(
         5, output_tokens=count("This is", "gpt-3.5-turbo-instruct")
@@ -287,7 +287,7 @@ def test_usage_on_content_chunk_is_kept_visible() -> None:
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
         }
     )
-    capture = StreamUsage("openai-chat", "gpt-4o", hide_usage_chunk=True)
+    capture = apis.meter("openai-chat", "gpt-4o", hide_usage_chunk=True)
     assert capture.feed(event) is event
     assert capture.usage == tokens.TokenCounts(3, output_tokens=1)
     assert capture.feed(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
@@ -354,7 +354,7 @@ def responses_stream(final: str = "response.completed") -> list[bytes]:
 def test_responses_stream_every_split(final: str) -> None:
     data = b"".join(responses_stream(final))
     for cuts in every_split(data):
-        capture = StreamUsage("openai-responses", "gpt-4.1")
+        capture = apis.meter("openai-responses", "gpt-4.1")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == tokens.TokenCounts(37, 5, 0, 11, 2)
@@ -362,7 +362,7 @@ def test_responses_stream_every_split(final: str) -> None:
 
 
 def test_responses_cut_off_counts_deltas_only() -> None:
-    capture = StreamUsage("openai-responses", "gpt-4.1")
+    capture = apis.meter("openai-responses", "gpt-4.1")
     for event in responses_stream()[:-1]:
         assert capture.feed(event) is event
     assert not capture.complete
@@ -371,7 +371,7 @@ def test_responses_cut_off_counts_deltas_only() -> None:
 
 
 def test_responses_in_stream_error_event() -> None:
-    capture = StreamUsage("openai-responses", "gpt-4.1")
+    capture = apis.meter("openai-responses", "gpt-4.1")
     capture.feed(responses_stream()[0])
     capture.feed(
         sse("error", {"type": "error", "code": "server_error", "message": "boom", "sequence_number": 1})
@@ -444,7 +444,7 @@ def test_anthropic_stream_every_split_cumulative_deltas() -> None:
     # Two message_delta events with cumulative counts 10 then 15: the answer is 15, never 25.
     data = b"".join(anthropic_stream([10, 15]))
     for cuts in every_split(data):
-        capture = StreamUsage("anthropic-messages", "claude-sonnet-4-5")
+        capture = apis.meter("anthropic-messages", "claude-sonnet-4-5")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == ANTHROPIC_FINAL
@@ -452,7 +452,7 @@ def test_anthropic_stream_every_split_cumulative_deltas() -> None:
 
 def test_anthropic_usage_matches_the_anthropic_sdk() -> None:
     data = b"".join(anthropic_stream([10, 15]))
-    capture = StreamUsage("anthropic-messages", "claude-sonnet-4-5")
+    capture = apis.meter("anthropic-messages", "claude-sonnet-4-5")
     assert capture.feed(data) is data
 
     # This anthropic SDK release runs on httpx2 (it refuses httpx objects).
@@ -486,7 +486,7 @@ def test_anthropic_message_delta_may_update_input_counts() -> None:
             "usage": {"input_tokens": 30, "cache_read_input_tokens": None, "output_tokens": 7},
         },
     )
-    capture = StreamUsage("anthropic-messages", "claude-sonnet-4-5")
+    capture = apis.meter("anthropic-messages", "claude-sonnet-4-5")
     for event in [*events[:-1], delta, events[-1]]:
         capture.feed(event)
     # input replaced (30), cache read kept from message_start (null does not erase), output 7.
@@ -497,7 +497,7 @@ def test_anthropic_message_delta_may_update_input_counts() -> None:
 
 def test_anthropic_error_mid_stream_uses_message_start_and_counted_text() -> None:
     events = anthropic_stream([15])
-    capture = StreamUsage("anthropic-messages", "claude-sonnet-4-5")
+    capture = apis.meter("anthropic-messages", "claude-sonnet-4-5")
     for event in events[:4]:  # message_start, block start, ping, first delta
         capture.feed(event)
     capture.feed(
@@ -513,7 +513,7 @@ def test_anthropic_error_mid_stream_uses_message_start_and_counted_text() -> Non
 
 
 def test_anthropic_cut_off_after_text_counts_text() -> None:
-    capture = StreamUsage("anthropic-messages", "claude-sonnet-4-5")
+    capture = apis.meter("anthropic-messages", "claude-sonnet-4-5")
     long_text = ("word " * 50,)
     for event in anthropic_stream([60], text=long_text)[:4]:
         capture.feed(event)
@@ -556,7 +556,7 @@ def test_gemini_sse_running_totals_every_split() -> None:
     # The Gemini API separates SSE events with CRLF CRLF.
     data = b"".join(b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in GEMINI_CHUNKS)
     for cuts in every_split(data):
-        capture = StreamUsage("gemini", "gemini-2.5-flash")
+        capture = apis.meter("gemini", "gemini-2.5-flash")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == GEMINI_FINAL  # the last running total, not the sum
@@ -566,14 +566,14 @@ def test_gemini_json_array_stream_every_split() -> None:
     # streamGenerateContent without alt=sse: one pretty-printed JSON array, elements arriving over time.
     data = b"[" + b"\n,\r\n".join(orjson.dumps(c, option=orjson.OPT_INDENT_2) for c in GEMINI_CHUNKS) + b"\n]"
     for cuts in every_split(data):
-        capture = StreamUsage("gemini", "gemini-2.5-flash")
+        capture = apis.meter("gemini", "gemini-2.5-flash")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == GEMINI_FINAL
 
 
 def test_gemini_cut_off_keeps_last_running_total_and_counts_more_text() -> None:
-    capture = StreamUsage("gemini", "gemini-2.5-flash")
+    capture = apis.meter("gemini", "gemini-2.5-flash")
     first = b"data: " + orjson.dumps(GEMINI_CHUNKS[0]) + b"\r\n\r\n"
     capture.feed(first)
     capture.feed(
@@ -588,7 +588,7 @@ def test_gemini_cut_off_keeps_last_running_total_and_counts_more_text() -> None:
 
 def test_gemini_array_cut_off_mid_element() -> None:
     data = b"[" + b",".join(orjson.dumps(c) for c in GEMINI_CHUNKS)
-    capture = StreamUsage("gemini", "gemini-2.5-flash")
+    capture = apis.meter("gemini", "gemini-2.5-flash")
     capture.feed(data[: len(data) - 20])
     assert not capture.complete
     assert capture.usage == tokens.TokenCounts(9, output_tokens=4)
@@ -622,7 +622,7 @@ def converse_frames() -> list[bytes]:
 def test_bedrock_converse_stream_every_split() -> None:
     data = b"".join(converse_frames())
     for cuts in every_split(data):
-        capture = StreamUsage("bedrock-converse", "anthropic.claude-3-haiku-20240307-v1:0")
+        capture = apis.meter("bedrock-converse", "anthropic.claude-3-haiku-20240307-v1:0")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == tokens.TokenCounts(15, 3, 0, 5)
@@ -630,7 +630,7 @@ def test_bedrock_converse_stream_every_split() -> None:
 
 def test_bedrock_converse_cut_off_and_exception() -> None:
     frames = converse_frames()
-    capture = StreamUsage("bedrock-converse", "anthropic.claude-3-haiku")
+    capture = apis.meter("bedrock-converse", "anthropic.claude-3-haiku")
     for frame in frames[:3]:
         assert capture.feed(frame) is frame
     exception = encoders.event_message(
@@ -650,7 +650,7 @@ def test_bedrock_converse_cut_off_and_exception() -> None:
 def test_bedrock_corrupt_frame_is_forwarded_and_flagged() -> None:
     frame = bytearray(converse_frames()[1])
     frame[-1] ^= 1
-    capture = StreamUsage("bedrock-converse", "m")
+    capture = apis.meter("bedrock-converse", "m")
     assert capture.feed(bytes(frame)) == bytes(frame)
     assert capture.error
     later = converse_frames()[-1]
@@ -709,7 +709,7 @@ def claude_invoke_frames(*, with_metrics: bool = True) -> list[bytes]:
 def test_bedrock_invoke_claude_stream_every_split() -> None:
     data = b"".join(claude_invoke_frames())
     for cuts in every_split(data):
-        capture = StreamUsage("bedrock-invoke", "anthropic.claude-3-haiku-20240307-v1:0")
+        capture = apis.meter("bedrock-invoke", "anthropic.claude-3-haiku-20240307-v1:0")
         assert run(capture, data, cuts) == data
         assert capture.complete
         assert capture.usage == tokens.TokenCounts(20, output_tokens=7)
@@ -735,8 +735,8 @@ def test_bedrock_invoke_llama_uses_invocation_metrics() -> None:
             }
         ),
     ]
-    capture = StreamUsage("bedrock-invoke", "meta.llama3-8b-instruct-v1:0")
-    cut = StreamUsage("bedrock-invoke", "meta.llama3-8b-instruct-v1:0")
+    capture = apis.meter("bedrock-invoke", "meta.llama3-8b-instruct-v1:0")
+    cut = apis.meter("bedrock-invoke", "meta.llama3-8b-instruct-v1:0")
     for frame in frames:
         capture.feed(frame)
     cut.feed(frames[0])
@@ -747,7 +747,7 @@ def test_bedrock_invoke_llama_uses_invocation_metrics() -> None:
 
 
 def test_bedrock_invoke_claude_cut_off() -> None:
-    capture = StreamUsage("bedrock-invoke", "anthropic.claude-3-haiku")
+    capture = apis.meter("bedrock-invoke", "anthropic.claude-3-haiku")
     for frame in claude_invoke_frames()[:3]:
         capture.feed(frame)
     assert not capture.complete
@@ -771,17 +771,17 @@ def test_large_stream_folding_keeps_fallback_count(api: ApiFormat, monkeypatch: 
     # Raw bytes kept for the fallback are folded into a running count past a threshold: the count
     # must equal the unfolded one.
     data = STREAM_BUILDERS[api]()
-    reference = StreamUsage(api, "gpt-4o")
+    reference = apis.meter(api, "gpt-4o")
     reference.feed(data)
-    monkeypatch.setattr(streams, "_KEEP_BYTES", 1)
-    folded = StreamUsage(api, "gpt-4o")
+    monkeypatch.setattr(apis_base, "_KEEP_BYTES", 1)
+    folded = apis.meter(api, "gpt-4o")
     folded.feed(data)
     assert folded.fallback_counts(1) == reference.fallback_counts(1)
     assert reference.fallback_counts(1).output_tokens > 0
 
 
 def test_finish_twice_and_empty_chunks() -> None:
-    capture = StreamUsage("openai-chat", "gpt-4o", hide_usage_chunk=True)
+    capture = apis.meter("openai-chat", "gpt-4o", hide_usage_chunk=True)
     empty = b""
     assert capture.feed(empty) is empty
     assert capture.feed(b"data: [DONE]") == b""  # held back: the event is not terminated yet
@@ -792,7 +792,7 @@ def test_finish_twice_and_empty_chunks() -> None:
 
 def test_fallback_counts_is_repeatable() -> None:
     events, _ = chat_stream()
-    capture = StreamUsage("openai-chat", "gpt-4o")
+    capture = apis.meter("openai-chat", "gpt-4o")
     capture.feed(events[2])
     first = capture.fallback_counts(1)
     assert capture.fallback_counts(1) == first
@@ -801,8 +801,8 @@ def test_fallback_counts_is_repeatable() -> None:
 
 
 def test_oversized_unterminated_event_switches_to_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streams, "MAX_SSE_EVENT_BYTES", 100)
-    capture = StreamUsage("openai-chat", "gpt-4o", hide_usage_chunk=True)
+    monkeypatch.setattr(apis_base, "MAX_SSE_EVENT_BYTES", 100)
+    capture = apis.meter("openai-chat", "gpt-4o", hide_usage_chunk=True)
     first = b"data: " + b"x" * 60
     second = b"y" * 60
     assert capture.feed(first) == b""  # held back: maybe the usage chunk
@@ -832,17 +832,17 @@ def test_mangled_streams_never_raise_and_forward_everything(api: ApiFormat) -> N
             else:
                 data[position:position] = rng.choice(INSERTIONS)
         cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randrange(1, 12))))
-        capture = StreamUsage(api, "gpt-4o")
+        capture = apis.meter(api, "gpt-4o")
         assert run(capture, bytes(data), cuts) == bytes(data)  # without hiding, every byte passes
         counts = capture.settled_counts(5)
         assert counts.input_tokens >= 0 and counts.output_tokens >= 0
-        hiding = StreamUsage(api, "gpt-4o", hide_usage_chunk=True)
+        hiding = apis.meter(api, "gpt-4o", hide_usage_chunk=True)
         assert len(run(hiding, bytes(data), cuts)) <= len(data)
 
 
 def test_responses_usage_matches_the_openai_sdk() -> None:
     data = b"".join(responses_stream())
-    capture = StreamUsage("openai-responses", "gpt-4.1")
+    capture = apis.meter("openai-responses", "gpt-4.1")
     assert capture.feed(data) is data
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -865,7 +865,7 @@ def test_responses_usage_matches_the_openai_sdk() -> None:
 
 def test_gemini_usage_matches_the_google_genai_sdk() -> None:
     data = b"".join(b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in GEMINI_CHUNKS)
-    capture = StreamUsage("gemini", "gemini-2.5-flash")
+    capture = apis.meter("gemini", "gemini-2.5-flash")
     assert capture.feed(data) is data
 
     def handler(request: httpx.Request) -> httpx.Response:

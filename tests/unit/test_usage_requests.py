@@ -9,7 +9,9 @@ from typing import Any
 import multidict
 import pytest
 
-from llmkeys_proxy import tokens, usage
+from llmkeys_proxy import apis, tokens
+from llmkeys_proxy.apis import base as apis_base
+from llmkeys_proxy.apis import bedrock
 
 
 def count(text: str, model: str = "gpt-4o") -> int:
@@ -52,7 +54,7 @@ COOKBOOK_MESSAGES = [
     ("model", "expected"), [("gpt-3.5-turbo", 129), ("gpt-4", 129), ("gpt-4o", 124), ("gpt-4o-mini", 124)]
 )
 def test_chat_estimate_matches_cookbook(model: str, expected: int) -> None:
-    assert usage.estimate_prompt_tokens(
+    assert apis.estimate_prompt_tokens(
         "openai-chat", model, {"model": model, "messages": COOKBOOK_MESSAGES}
     ) == (expected)
 
@@ -82,9 +84,9 @@ def test_chat_parts_images_and_tools() -> None:
         ],
         "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     }
-    plain = usage.estimate_prompt_tokens("openai-chat", "gpt-4o", {"messages": body["messages"][:1]})
-    assert plain == 3 + count("user") + count("What is in this picture?") + usage.NON_TEXT_PART_TOKENS + 3
-    full = usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body)
+    plain = apis.estimate_prompt_tokens("openai-chat", "gpt-4o", {"messages": body["messages"][:1]})
+    assert plain == 3 + count("user") + count("What is in this picture?") + apis_base.NON_TEXT_PART_TOKENS + 3
+    full = apis.estimate_prompt_tokens("openai-chat", "gpt-4o", body)
     expected_extra = (
         3
         + count("assistant")
@@ -101,7 +103,7 @@ def test_chat_parts_images_and_tools() -> None:
 
 
 def test_responses_estimate() -> None:
-    assert usage.estimate_prompt_tokens("openai-responses", "gpt-4o", {"input": "Tell me a joke"}) == (
+    assert apis.estimate_prompt_tokens("openai-responses", "gpt-4o", {"input": "Tell me a joke"}) == (
         count("Tell me a joke") + 3
     )
     body = {
@@ -117,7 +119,7 @@ def test_responses_estimate() -> None:
         + 3
         + count("user")
         + count("Hi")
-        + usage.NON_TEXT_PART_TOKENS
+        + apis_base.NON_TEXT_PART_TOKENS
         + 3
         + count("f")
         + count("{}")
@@ -125,7 +127,7 @@ def test_responses_estimate() -> None:
         + count("42")
         + 3
     )
-    assert usage.estimate_prompt_tokens("openai-responses", "gpt-4o", body) == expected
+    assert apis.estimate_prompt_tokens("openai-responses", "gpt-4o", body) == expected
 
 
 @pytest.mark.parametrize(
@@ -138,7 +140,7 @@ def test_responses_estimate() -> None:
     ],
 )
 def test_completions_estimate(field: str, value: Any, expected: int | None) -> None:
-    got = usage.estimate_prompt_tokens("openai-completions", "gpt-3.5-turbo-instruct", {field: value})
+    got = apis.estimate_prompt_tokens("openai-completions", "gpt-3.5-turbo-instruct", {field: value})
     if expected is None:
         texts = [value] if isinstance(value, str) else value
         expected = sum(count(t, "gpt-3.5-turbo-instruct") for t in texts)
@@ -147,10 +149,10 @@ def test_completions_estimate(field: str, value: Any, expected: int | None) -> N
 
 def test_embeddings_estimate() -> None:
     model = "text-embedding-3-small"
-    assert usage.estimate_prompt_tokens("openai-embeddings", model, {"input": "hello world"}) == 2
-    assert usage.estimate_prompt_tokens("openai-embeddings", model, {"input": ["hello world", "hi"]}) == 3
-    assert usage.estimate_prompt_tokens("openai-embeddings", model, {"input": [[1, 2, 3], [4]]}) == 4
-    assert usage.estimate_prompt_tokens("openai-embeddings", model, {"input": [5, 6]}) == 2
+    assert apis.estimate_prompt_tokens("openai-embeddings", model, {"input": "hello world"}) == 2
+    assert apis.estimate_prompt_tokens("openai-embeddings", model, {"input": ["hello world", "hi"]}) == 3
+    assert apis.estimate_prompt_tokens("openai-embeddings", model, {"input": [[1, 2, 3], [4]]}) == 4
+    assert apis.estimate_prompt_tokens("openai-embeddings", model, {"input": [5, 6]}) == 2
 
 
 def test_anthropic_estimate() -> None:
@@ -193,13 +195,13 @@ def test_anthropic_estimate() -> None:
         + count('{"tz":"UTC"}')
         + 3
         + count("12:00")
-        + usage.NON_TEXT_PART_TOKENS
+        + apis_base.NON_TEXT_PART_TOKENS
         + 3
     )
-    assert usage.estimate_prompt_tokens("anthropic-messages", "claude-sonnet-4-5", body) == expected
-    assert usage.estimate_prompt_tokens(
-        "anthropic-messages", "claude-x", {"system": "S", "messages": []}
-    ) == (count("S") + 3)
+    assert apis.estimate_prompt_tokens("anthropic-messages", "claude-sonnet-4-5", body) == expected
+    assert apis.estimate_prompt_tokens("anthropic-messages", "claude-x", {"system": "S", "messages": []}) == (
+        count("S") + 3
+    )
 
 
 def test_gemini_estimate() -> None:
@@ -218,13 +220,13 @@ def test_gemini_estimate() -> None:
         count("You are a cat.")
         + 3
         + count("Hello")
-        + usage.NON_TEXT_PART_TOKENS
+        + apis_base.NON_TEXT_PART_TOKENS
         + 3
         + count('{"functionCall":{"name":"meow","args":{}}}')
     )
-    assert usage.estimate_prompt_tokens("gemini", "gemini-2.5-flash", body) == expected
+    assert apis.estimate_prompt_tokens("gemini", "gemini-2.5-flash", body) == expected
     embed = {"content": {"parts": [{"text": "embed me"}]}}
-    assert usage.estimate_prompt_tokens("gemini", "gemini-embedding-001", embed) == count("embed me")
+    assert apis.estimate_prompt_tokens("gemini", "gemini-embedding-001", embed) == count("embed me")
 
 
 def test_bedrock_converse_estimate() -> None:
@@ -250,7 +252,7 @@ def test_bedrock_converse_estimate() -> None:
         count("Be kind.")
         + 3
         + count("Hi")
-        + usage.NON_TEXT_PART_TOKENS
+        + apis_base.NON_TEXT_PART_TOKENS
         + 3
         + count("f")
         + count('{"a":1}')
@@ -258,7 +260,7 @@ def test_bedrock_converse_estimate() -> None:
         + count('{"r":2}')
         + 3
     )
-    assert usage.estimate_prompt_tokens(
+    assert apis.estimate_prompt_tokens(
         "bedrock-converse", "anthropic.claude-3-haiku-20240307-v1:0", body
     ) == (expected)
 
@@ -269,21 +271,18 @@ def test_bedrock_invoke_estimate_native_bodies() -> None:
         "max_tokens": 100,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
     }
-    assert (
-        usage.estimate_prompt_tokens("bedrock-invoke", "anthropic.claude", claude) == 3 + count("Hello") + 3
-    )
+    assert apis.estimate_prompt_tokens("bedrock-invoke", "anthropic.claude", claude) == 3 + count("Hello") + 3
     nova = {
         "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
         "inferenceConfig": {"max_new_tokens": 9},
     }
     assert (
-        usage.estimate_prompt_tokens("bedrock-invoke", "amazon.nova-lite-v1:0", nova)
-        == 3 + count("Hello") + 3
+        apis.estimate_prompt_tokens("bedrock-invoke", "amazon.nova-lite-v1:0", nova) == 3 + count("Hello") + 3
     )
     llama = {"prompt": "Tell me a story", "max_gen_len": 64, "temperature": 0.5}
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", llama) == count("Tell me a story")
+    assert apis.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", llama) == count("Tell me a story")
     titan = {"inputText": "Summarise", "textGenerationConfig": {"maxTokenCount": 32}}
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "amazon.titan", titan) == count("Summarise")
+    assert apis.estimate_prompt_tokens("bedrock-invoke", "amazon.titan", titan) == count("Summarise")
 
 
 @pytest.mark.parametrize(
@@ -310,8 +309,10 @@ def test_bedrock_invoke_estimate_native_bodies() -> None:
         ("bedrock-invoke", {"textGenerationConfig": {"maxTokenCount": 40}}, 40),
     ],
 )
-def test_requested_output_tokens(api: usage.ApiFormat, body: dict[str, Any], expected: int | None) -> None:
-    assert usage.requested_output_tokens(api, body) == expected
+def test_requested_output_tokens(
+    api: apis_base.ApiFormat, body: dict[str, Any], expected: int | None
+) -> None:
+    assert apis.requested_output_tokens(api, body) == expected
 
 
 # --- reported usage, from real response bodies -------------------------------------------------------
@@ -482,20 +483,22 @@ CONVERSE_RESPONSE = {
         ),
     ],
 )
-def test_usage_from_json(api: usage.ApiFormat, payload: dict[str, Any], expected: tokens.TokenCounts) -> None:
-    assert usage.usage_from_json(api, payload) == expected
+def test_usage_from_json(
+    api: apis_base.ApiFormat, payload: dict[str, Any], expected: tokens.TokenCounts
+) -> None:
+    assert apis.usage_from_json(api, payload) == expected
 
 
 def test_usage_from_json_without_usage() -> None:
-    assert usage.usage_from_json("openai-chat", {"choices": [], "usage": None}) is None
-    assert usage.usage_from_json("anthropic-messages", {"type": "error", "error": {}}) is None
-    assert usage.usage_from_json("gemini", {"candidates": []}) is None
-    assert usage.usage_from_json("bedrock-invoke", {"foo": 1}) is None
+    assert apis.usage_from_json("openai-chat", {"choices": [], "usage": None}) is None
+    assert apis.usage_from_json("anthropic-messages", {"type": "error", "error": {}}) is None
+    assert apis.usage_from_json("gemini", {"candidates": []}) is None
+    assert apis.usage_from_json("bedrock-invoke", {"foo": 1}) is None
 
 
 def test_responses_usage_from_stream_event_wrapper() -> None:
     event = {"type": "response.completed", "sequence_number": 9, "response": RESPONSES_RESPONSE}
-    assert usage.usage_from_json("openai-responses", event) == tokens.TokenCounts(328, 128, 0, 52, 20)
+    assert apis.usage_from_json("openai-responses", event) == tokens.TokenCounts(328, 128, 0, 52, 20)
 
 
 def test_usage_from_bedrock_headers() -> None:
@@ -504,13 +507,13 @@ def test_usage_from_bedrock_headers() -> None:
         "X-Amzn-Bedrock-Output-Token-Count": "5",
         "X-Amzn-Bedrock-Cache-Read-Input-Token-Count": "100",
     }
-    assert usage.usage_from_bedrock_headers(headers) == tokens.TokenCounts(120, 100, 0, 5, 0)
-    assert usage.usage_from_bedrock_headers({}) is None
+    assert bedrock.usage_from_bedrock_headers(headers) == tokens.TokenCounts(120, 100, 0, 5, 0)
+    assert bedrock.usage_from_bedrock_headers({}) is None
     lower = {"x-amzn-bedrock-input-token-count": "3", "x-amzn-bedrock-output-token-count": "4"}
-    assert usage.usage_from_bedrock_headers(lower) == tokens.TokenCounts(3, output_tokens=4)
-    assert usage.usage_from_bedrock_headers({"X-Amzn-Bedrock-Input-Token-Count": "junk"}) is None
+    assert bedrock.usage_from_bedrock_headers(lower) == tokens.TokenCounts(3, output_tokens=4)
+    assert bedrock.usage_from_bedrock_headers({"X-Amzn-Bedrock-Input-Token-Count": "junk"}) is None
     aiohttp_style = multidict.CIMultiDict({"x-AMZN-bedrock-output-token-count": "8"})
-    assert usage.usage_from_bedrock_headers(aiohttp_style) == tokens.TokenCounts(0, output_tokens=8)
+    assert bedrock.usage_from_bedrock_headers(aiohttp_style) == tokens.TokenCounts(0, output_tokens=8)
 
 
 def test_total_tokens() -> None:
@@ -558,17 +561,17 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
     return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
 
 
-@pytest.mark.parametrize("api", list(typing.get_args(usage.ApiFormat)))
-def test_hostile_bodies_never_raise(api: usage.ApiFormat) -> None:
+@pytest.mark.parametrize("api", list(typing.get_args(apis_base.ApiFormat)))
+def test_hostile_bodies_never_raise(api: apis_base.ApiFormat) -> None:
     rng = random.Random(api)
     for _ in range(400):
         body = _random_json(rng)
         if not isinstance(body, dict):
             body = {"messages": body, "input": body, "contents": body, "prompt": body}
-        assert usage.estimate_prompt_tokens(api, "gpt-4o", body) >= 0
-        requested = usage.requested_output_tokens(api, body)
+        assert apis.estimate_prompt_tokens(api, "gpt-4o", body) >= 0
+        requested = apis.requested_output_tokens(api, body)
         assert requested is None or requested >= 0
-        counts = usage.usage_from_json(api, body)
+        counts = apis.usage_from_json(api, body)
         assert counts is None or min(counts.input_tokens, counts.output_tokens) >= 0
 
 
@@ -577,5 +580,5 @@ def test_deeply_nested_body_is_counted_without_recursion_errors() -> None:
     for _ in range(5000):
         deep = [deep]
     body = {"messages": [{"role": "user", "content": deep}]}
-    assert usage.estimate_prompt_tokens("openai-chat", "gpt-4o", body) >= count("needle")
-    assert usage.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", {"prompt": deep}) == count("needle")
+    assert apis.estimate_prompt_tokens("openai-chat", "gpt-4o", body) >= count("needle")
+    assert apis.estimate_prompt_tokens("bedrock-invoke", "meta.llama3", {"prompt": deep}) == count("needle")

@@ -4,9 +4,8 @@
 `https://api.anthropic.com`; a trailing `/v1` is tolerated). The real key goes upstream as
 `x-api-key` (the documented header; whatever the client sent is dropped by the pipeline), and
 `anthropic-version` is forwarded as the client sent it (2023-06-01 when it sent none), together
-with `anthropic-beta`. Usage comes from the response's `usage` / the stream's message_start and
-cumulative message_delta events (`streams.StreamUsage`); token counting is free upstream, so it
-charges no tokens.
+with `anthropic-beta`. Usage, streams and the free count_tokens endpoint are the wire
+format's: `apis.anthropic`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from typing import ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, settings, tokens, usage
+from llmkeys_proxy import config, settings
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -26,8 +26,6 @@ PATHS: dict[str, str] = {
     "messages": "/v1/messages",
     "messages/count_tokens": "/v1/messages/count_tokens",
 }
-#: Operations that only count tokens: billed as nothing.
-COUNT_OPERATIONS = frozenset({"messages/count_tokens"})
 
 
 def root_url(base_url: str | None, default: str) -> str:
@@ -39,7 +37,7 @@ def root_url(base_url: str | None, default: str) -> str:
 class AnthropicAdapter(base.HttpAdapter):
     """Forwards Anthropic Messages requests unchanged, with the real key."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset({"anthropic-messages"})
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset({"anthropic-messages"})
 
     def __init__(self, entry: config.ProviderEntry, proxy_settings: settings.ProxySettings) -> None:
         super().__init__(entry, proxy_settings)
@@ -47,7 +45,7 @@ class AnthropicAdapter(base.HttpAdapter):
         self._urls = {operation: root + path for operation, path in PATHS.items()}
         self._auth = {"x-api-key": entry.api_key} if entry.api_key else {}
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in self._urls
 
     async def prepare(self, call: base.UpstreamCall) -> base.PreparedRequest:
@@ -59,10 +57,3 @@ class AnthropicAdapter(base.HttpAdapter):
         if call.payload.get("model") != call.upstream_model:  # a route renames the model upstream
             body = orjson.dumps({**call.payload, "model": call.upstream_model})
         return base.PreparedRequest("POST", self._urls[call.operation], headers, body)
-
-    def response_usage(
-        self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> tokens.TokenCounts | None:
-        if call.operation in COUNT_OPERATIONS:
-            return tokens.TokenCounts(input_tokens=0)
-        return super().response_usage(call, response, body)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import ClassVar
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base
 
 _OPERATIONS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
@@ -22,7 +23,7 @@ _OPERATIONS = frozenset({"chat/completions", "completions", "embeddings", "respo
 class AzureOpenAIAdapter(base.HttpAdapter):
     """Forwards OpenAI-format requests to an Azure OpenAI resource."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset(
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset(
         {"openai-chat", "openai-completions", "openai-embeddings", "openai-responses"}
     )
     injects_stream_usage: ClassVar[bool] = True
@@ -38,7 +39,7 @@ class AzureOpenAIAdapter(base.HttpAdapter):
         self._api_version = None if version in (None, "", "v1") else version
         self._auth = {"api-key": entry.api_key} if entry.api_key else {}
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in _OPERATIONS
 
     def upstream_model(self, model: str, route: config.ModelRoute) -> str:

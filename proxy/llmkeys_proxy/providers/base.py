@@ -3,9 +3,10 @@
 The pipeline authenticates, routes, reserves, then hands an `UpstreamCall` to the adapter of the
 chosen ProviderCredential and gets an `UpstreamResponse` back (status, headers, body chunks). An
 adapter owns everything provider-specific on the way out: URL, real credential (header, signature
-or OAuth token), body changes the provider needs, its pooled HTTP session, and how usage is read
-from its responses (JSON body, headers, SSE or event-stream frames). Adding a provider = one
-module with one `ProviderAdapter` subclass, named in `providers/__init__.py`; the pipeline stays.
+or OAuth token), body changes the provider needs and its pooled HTTP session. What the caller
+speaks (fields, usage, streams, error shapes) is `apis/`, never here. Adding an upstream for an
+existing format = one module with one `ProviderAdapter` subclass, named in `providers/__init__.py`
+(plus its credential fields in the CRD and `config.ProviderEntry`); the pipeline stays.
 
 `HttpAdapter` is the base for adapters that call an HTTP upstream: one pooled keep-alive
 `aiohttp.ClientSession` per credential, timeouts and error mapping done once.
@@ -17,14 +18,14 @@ import abc
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import aiohttp
-import orjson
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from llmkeys_proxy import config, errors, settings, tokens, usage
+from llmkeys_proxy import config, errors, settings
+from llmkeys_proxy.apis import base as apis_base
 
 
 @dataclasses.dataclass(slots=True)
@@ -32,7 +33,7 @@ class UpstreamCall:
     """One admitted request, as the pipeline hands it to an adapter."""
 
     #: Wire format of the request (and of the response the client expects).
-    api: usage.ApiFormat
+    api: apis_base.ApiFormat
     #: The inbound endpoint's operation: "chat/completions", "embeddings", "responses", ... for
     #: OpenAI; "generateContent", "streamGenerateContent", "countTokens" for Gemini; "converse",
     #: "converse-stream", "invoke", "invoke-with-response-stream" for Bedrock; "messages" for Anthropic.
@@ -85,39 +86,12 @@ class UpstreamResponse(abc.ABC):
         """Release the connection (back to the pool when fully read, dropped otherwise)."""
 
 
-class StreamMeter(Protocol):
-    """Reads usage out of a streamed body while it passes (`streams.StreamUsage` and the
-    event-stream parsers implement it)."""
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Account `chunk`; return the bytes to send on to the client (maybe with a chunk removed)."""
-        ...
-
-    def finish(self) -> bytes:
-        """End of stream: anything still held back for the client."""
-        ...
-
-    @property
-    def usage(self) -> tokens.TokenCounts | None: ...
-
-    @property
-    def complete(self) -> bool: ...
-
-    def fallback_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
-        """Counts for a stream that ended without reported usage: tiktoken over what passed."""
-        ...
-
-    def settled_counts(self, prompt_tokens: int) -> tokens.TokenCounts:
-        """What to charge: the reported final usage when it arrived, else `fallback_counts`."""
-        ...
-
-
 class ProviderAdapter(abc.ABC):
     """Talks to one ProviderCredential's upstream. One instance per credential per config version
     (reused across config reloads while the credential's entry is unchanged)."""
 
     #: Request formats this adapter can serve (routing skips adapters that cannot).
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset()
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset()
     #: Whether streamed OpenAI chat/completions calls should ask upstream for a final usage chunk
     #: (`stream_options.include_usage`); the pipeline injects it and hides the chunk from clients
     #: that did not ask for it.
@@ -129,7 +103,7 @@ class ProviderAdapter(abc.ABC):
         #: Requests currently using this adapter (a replaced adapter is closed once it drops to 0).
         self.in_flight = 0
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         """Whether this adapter can serve `operation` of format `api`."""
         return api in self.apis
 
@@ -141,22 +115,6 @@ class ProviderAdapter(abc.ABC):
     async def send(self, call: UpstreamCall) -> UpstreamResponse:
         """Forward `call`; raises `errors.ProxyError` (upstream_timeout / upstream_unreachable) when
         no response arrives. HTTP error statuses are returned, not raised."""
-
-    def response_usage(
-        self, call: UpstreamCall, response: UpstreamResponse, body: bytes
-    ) -> tokens.TokenCounts | None:
-        """Reported usage of a non-streamed 2xx response (None when it carries none)."""
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return usage.usage_from_json(call.api, payload) if isinstance(payload, dict) else None
-
-    def stream_meter(self, call: UpstreamCall, hide_usage_chunk: bool) -> StreamMeter:
-        """A fresh meter for one streamed response."""
-        from llmkeys_proxy import streams  # the stream parsers load only when streaming is used
-
-        return streams.StreamUsage(call.api, call.upstream_model, hide_usage_chunk=hide_usage_chunk)
 
     def secret_values(self) -> tuple[bytes, ...]:
         """Credential strings to scrub from upstream bodies passed through to clients."""

@@ -5,9 +5,9 @@ Routes `/model/<id>/converse|converse-stream|invoke|invoke-with-response-stream|
 AWS SDKs do (ids, inference profiles and ARNs alike). Authentication: with an access key pair in
 the credential's Secret (`aws_access_key_id`, `aws_secret_access_key`, optional
 `aws_session_token`) every request is SigV4-signed (`sigv4.sign_headers`) over its final URL and
-body; otherwise the Secret's key is a Bedrock API key sent as `Authorization: Bearer`. Usage:
-Converse `usage`, InvokeModel's `X-Amzn-Bedrock-*-Token-Count` headers, and the event streams'
-`metadata` event / `amazon-bedrock-invocationMetrics` (`streams.StreamUsage`).
+body; otherwise the Secret's key is a Bedrock API key sent as `Authorization: Bearer`. Usage
+(Converse `usage`, InvokeModel's `X-Amzn-Bedrock-*-Token-Count` headers, the event streams'
+`metadata` / `amazon-bedrock-invocationMetrics`) is the wire format's: `apis.bedrock`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from typing import ClassVar
 
 import yarl
 
-from llmkeys_proxy import config, settings, tokens, usage
+from llmkeys_proxy import config, settings
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base, sigv4
 
 OPERATIONS = frozenset(
     {"converse", "converse-stream", "invoke", "invoke-with-response-stream", "count-tokens"}
 )
-#: Counting tokens is free upstream: charged as nothing.
-COUNT_OPERATIONS = frozenset({"count-tokens"})
 SIGNING_SERVICE = "bedrock"
 #: Client headers never sent upstream: the proxy adds its own date, token and signature.
 _DROPPED_PREFIXES = ("x-amz-", "authorization")
@@ -37,7 +36,7 @@ def default_base_url(region: str) -> str:
 class BedrockAdapter(base.HttpAdapter):
     """Forwards Bedrock Runtime requests, SigV4-signed or with a Bedrock API key."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset({"bedrock-converse", "bedrock-invoke"})
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset({"bedrock-converse", "bedrock-invoke"})
 
     def __init__(self, entry: config.ProviderEntry, proxy_settings: settings.ProxySettings) -> None:
         super().__init__(entry, proxy_settings)
@@ -54,7 +53,7 @@ class BedrockAdapter(base.HttpAdapter):
         elif not entry.api_key:
             raise ValueError(f"bedrock credential {entry.id} has neither an access key pair nor an API key")
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in OPERATIONS
 
     def url(self, operation: str, model_id: str) -> yarl.URL:
@@ -87,15 +86,3 @@ class BedrockAdapter(base.HttpAdapter):
             )
         )
         return base.PreparedRequest("POST", url, headers, call.body)
-
-    def response_usage(
-        self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> tokens.TokenCounts | None:
-        if call.operation in COUNT_OPERATIONS:
-            return tokens.TokenCounts(input_tokens=0)
-        if call.api == "bedrock-invoke":
-            # Every model family reports InvokeModel usage in headers; the body format varies.
-            from_headers = usage.usage_from_bedrock_headers(response.headers)
-            if from_headers is not None:
-                return from_headers
-        return super().response_usage(call, response, body)

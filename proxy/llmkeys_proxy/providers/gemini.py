@@ -4,8 +4,8 @@
 `https://generativelanguage.googleapis.com`); requests go to `<base>/v1beta/models/<model>:<action>`
 (v1beta serves everything v1 does), or to the version a base URL ends with. The real key travels
 in `x-goog-api-key`; `?alt=sse` is kept, so a client gets SSE or the JSON-array stream as it asked.
-Usage comes from `usageMetadata` (running totals in streams: the last one wins). countTokens is
-free upstream; embeddings report no usage, so the pipeline charges its estimate.
+Usage (`usageMetadata`, free countTokens) is the wire format's: `apis.gemini`; embeddings report
+no usage, so the pipeline charges its estimate.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, settings, tokens, usage
+from llmkeys_proxy import config, settings
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -25,7 +26,6 @@ DEFAULT_VERSION = "v1beta"
 OPERATIONS = frozenset(
     {"generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents"}
 )
-COUNT_OPERATIONS = frozenset({"countTokens"})
 #: Query parameters passed upstream; everything else (credentials above all) stays behind.
 FORWARDED_QUERY = ("alt",)
 _VERSIONED = re.compile(r"/v\d+(?:(?:alpha|beta)\d*)?$")
@@ -43,11 +43,6 @@ def forwarded_query(query: Mapping[str, str]) -> str:
     return "?" + urllib.parse.urlencode(kept) if kept else ""
 
 
-def count_usage(call: base.UpstreamCall) -> tokens.TokenCounts | None:
-    """Token counting calls cost nothing upstream; None for every other operation."""
-    return tokens.TokenCounts(input_tokens=0) if call.operation in COUNT_OPERATIONS else None
-
-
 def rename_batch_models(body: bytes, payload: Mapping[str, Any], upstream_model: str) -> bytes:
     """batchEmbedContents names the model again in every request; it must match the path's."""
     requests = payload.get("requests")
@@ -63,14 +58,14 @@ def rename_batch_models(body: bytes, payload: Mapping[str, Any], upstream_model:
 class GeminiAdapter(base.HttpAdapter):
     """Forwards Gemini API requests to `<root>/models/<upstream model>:<action>` with the real key."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset({"gemini"})
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset({"gemini"})
 
     def __init__(self, entry: config.ProviderEntry, proxy_settings: settings.ProxySettings) -> None:
         super().__init__(entry, proxy_settings)
         self._root = versioned_root(entry.base_url, DEFAULT_BASE_URL, DEFAULT_VERSION)
         self._auth = {"x-goog-api-key": entry.api_key} if entry.api_key else {}
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in OPERATIONS
 
     def url(self, operation: str, model: str, query: Mapping[str, str]) -> str:
@@ -97,8 +92,3 @@ class GeminiAdapter(base.HttpAdapter):
             if b"API_KEY_INVALID" in body:
                 response.status = 401
         return response
-
-    def response_usage(
-        self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> tokens.TokenCounts | None:
-        return count_usage(call) or super().response_usage(call, response, body)

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import orjson
 from multidict import CIMultiDict
 
-from llmkeys_proxy import config, settings, tokens, usage
+from llmkeys_proxy import apis, config, settings, tokens
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base
 
 MOCK_REPLY = (
@@ -80,7 +81,7 @@ def _sse(payload: Mapping[str, Any], event: str | None = None) -> bytes:
 class MockAdapter(base.ProviderAdapter):
     """Serves chat, completions, embeddings and responses without any upstream."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset(
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset(
         {"openai-chat", "openai-completions", "openai-embeddings", "openai-responses"}
     )
     injects_stream_usage: ClassVar[bool] = True
@@ -102,10 +103,10 @@ class MockAdapter(base.ProviderAdapter):
             await asyncio.sleep(self._delay_s)
         payload = call.payload
         model = call.upstream_model
-        prompt_tokens = usage.estimate_prompt_tokens(call.api, model, payload)
+        prompt_tokens = apis.estimate_prompt_tokens(call.api, model, payload)
         if call.api == "openai-embeddings":
             return self._embeddings(payload, model, prompt_tokens)
-        cap = usage.requested_output_tokens(call.api, payload)
+        cap = apis.requested_output_tokens(call.api, payload)
         pieces = self.reply_tokens(model, cap)
         finish = "length" if len(pieces) < len(self.reply_tokens(model, None)) else "stop"
         if call.api == "openai-responses":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llmkeys_proxy import config, settings, usage
+from llmkeys_proxy import config, settings
+from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.providers import base
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -26,7 +27,7 @@ PATHS: dict[str, str] = {
 class OpenAIAdapter(base.HttpAdapter):
     """Forwards OpenAI-format requests unchanged to `<base_url>/<operation>`."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset(
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset(
         {"openai-chat", "openai-completions", "openai-embeddings", "openai-responses"}
     )
     injects_stream_usage: ClassVar[bool] = True
@@ -37,7 +38,7 @@ class OpenAIAdapter(base.HttpAdapter):
         self._urls = {operation: base.join_url(root, path) for operation, path in PATHS.items()}
         self._auth = {"Authorization": f"Bearer {entry.api_key}"} if entry.api_key else {}
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         return api in self.apis and operation in self._urls
 
     async def prepare(self, call: base.UpstreamCall) -> base.PreparedRequest:

@@ -17,8 +17,9 @@ from typing import ClassVar
 
 import orjson
 
-from llmkeys_proxy import config, errors, settings, tokens, usage
-from llmkeys_proxy.providers import anthropic, base, gemini, google_oauth
+from llmkeys_proxy import config, errors, settings
+from llmkeys_proxy.apis import base as apis_base
+from llmkeys_proxy.providers import base, gemini, google_oauth
 
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 GEMINI_OPERATIONS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
@@ -35,7 +36,7 @@ def default_root(location: str) -> str:
 class VertexAdapter(base.HttpAdapter):
     """Gemini and Claude models of one Google Cloud project, with a service account's tokens."""
 
-    apis: ClassVar[frozenset[usage.ApiFormat]] = frozenset({"gemini", "anthropic-messages"})
+    apis: ClassVar[frozenset[apis_base.ApiFormat]] = frozenset({"gemini", "anthropic-messages"})
 
     def __init__(self, entry: config.ProviderEntry, proxy_settings: settings.ProxySettings) -> None:
         super().__init__(entry, proxy_settings)
@@ -53,7 +54,7 @@ class VertexAdapter(base.HttpAdapter):
         self._publishers = f"{root}/projects/{project}/locations/{location}/publishers"
         self._tokens = google_oauth.AccessTokenSource(account)
 
-    def supports(self, api: usage.ApiFormat, operation: str) -> bool:
+    def supports(self, api: apis_base.ApiFormat, operation: str) -> bool:
         if api == "gemini":
             return operation in GEMINI_OPERATIONS
         return api == "anthropic-messages" and operation in ANTHROPIC_OPERATIONS
@@ -102,13 +103,6 @@ class VertexAdapter(base.HttpAdapter):
         response.close()
         self._tokens.invalidate()
         return await super().send(call)
-
-    def response_usage(
-        self, call: base.UpstreamCall, response: base.UpstreamResponse, body: bytes
-    ) -> tokens.TokenCounts | None:
-        if call.operation in anthropic.COUNT_OPERATIONS:
-            return tokens.TokenCounts(input_tokens=0)
-        return gemini.count_usage(call) or super().response_usage(call, response, body)
 
     def secret_values(self) -> tuple[bytes, ...]:
         # The whole key file is never echoed, but its private key and id could be quoted back.
