@@ -119,15 +119,23 @@ async def run_proxy(
     proxy_settings: settings.ProxySettings | None = None,
 ) -> AsyncIterator[RunningProxy]:
     """The proxy app served by `server.serve_app` on a free port until the block ends."""
-    app = proxy_app.create_app(
-        proxy_settings or settings.ProxySettings(config_dir="/nonexistent", upstream_timeout_s=30),
-        source,
-        limiter or memory.MemoryLimiter(),
+    proxy_settings = proxy_settings or settings.ProxySettings(
+        config_dir="/nonexistent", upstream_timeout_s=30
     )
+    app = proxy_app.create_app(proxy_settings, source, limiter or memory.MemoryLimiter())
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        server.serve_app(app, "127.0.0.1", 0, stop, shutdown_timeout_s=5, on_ready=ready.set_result)
+        server.serve_app(
+            app,
+            "127.0.0.1",
+            0,
+            stop,
+            shutdown_timeout_s=5,
+            on_ready=ready.set_result,
+            header_timeout_s=proxy_settings.header_timeout_s,
+            idle_timeout_s=proxy_settings.idle_timeout_s,
+        )
     )
     try:
         port = await asyncio.wait_for(asyncio.shield(ready), 30)

@@ -23,6 +23,7 @@ import aiohttp.web
 import kopf
 
 from llmkeys_operator import handlers, kube, leader, runtime, settings
+from llmkeys_proxy import redaction
 
 logger = logging.getLogger("llmkeys.operator")
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=operator_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redaction.install()  # no key or credential in any log line, kopf's and the client's included
     try:
         lost = asyncio.run(serve(operator_settings))
     except KeyboardInterrupt:

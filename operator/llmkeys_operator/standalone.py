@@ -35,7 +35,7 @@ import pydantic
 import yaml
 
 from llmkeys_operator import api, compile, keysecret, statusfiles
-from llmkeys_proxy import config, keys, sources
+from llmkeys_proxy import config, keys, redaction, sources
 
 logger = logging.getLogger("llmkeys.standalone")
 
@@ -413,6 +413,7 @@ def serve_worker(spec: WorkerSpec, ready: multiprocessing.queues.Queue[int]) -> 
     """Body of one worker process: serve the compiled config dir until SIGTERM/SIGINT; puts its pid
     on the `ready` queue once listening."""
     logging.basicConfig(level=spec.log_level.upper(), format=_LOG_FORMAT)
+    redaction.install()
     from llmkeys_proxy import server
 
     async def main() -> None:
@@ -617,6 +618,7 @@ def _start(manifests_dir: pathlib.Path, state: StateDir, url: str) -> CompiledSt
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    redaction.install()
     from llmkeys_proxy import server
 
     outcome: list[int] = []

@@ -10,6 +10,7 @@ Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployme
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -22,8 +23,10 @@ from llmkeys_proxy import (
     auth,
     errors,
     headers,
+    listener,
     metrics,
     pricing,
+    redaction,
     routes,
     settings,
     settlement,
@@ -70,7 +73,21 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[STATE].metrics.render()
+    """The Prometheus exposition; with LLMKEYS_METRICS_TOKEN set, only for `Authorization: Bearer
+    <token>` (it lists every key's owner and spend)."""
+    state = request.app[STATE]
+    token = state.settings.metrics_token
+    if token:
+        presented = request.headers.get("Authorization", "")
+        scheme, _, value = presented.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            error = errors.ProxyError(
+                "metrics_unauthorized", "GET /metrics needs the bearer token the proxy was given."
+            )
+            response = apis.FAMILIES["openai"].error_response(error)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    body, content_type = state.metrics.render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
@@ -125,6 +142,7 @@ def create_app(
     prices: pricing.PriceTable | None = None,
 ) -> web.Application:
     """The proxy application; serve it with `server.serve_app` (or any aiohttp runner)."""
+    redaction.install()
     proxy_metrics = metrics.ProxyMetrics()
     price_table = prices or pricing.PriceTable.shipped()
     state = ProxyState(
@@ -143,6 +161,7 @@ def create_app(
     )
     app = web.Application(client_max_size=proxy_settings.max_body_bytes)
     app[STATE] = state
+    app.on_response_prepare.append(listener.name_server)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

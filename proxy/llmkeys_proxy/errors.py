@@ -46,6 +46,20 @@ CODES: dict[str, ErrorCode] = {
         "requested output tokens above the key's (or its credential's) maxTokensPerRequest",
     ),
     "request_too_large": ErrorCode(413, "invalid_request_error", "body above LLMKEYS_MAX_BODY_BYTES"),
+    "bad_request": ErrorCode(
+        400, "invalid_request_error", "the HTTP parser refused the request (malformed, or a line too long)"
+    ),
+    "request_timeout": ErrorCode(
+        408, "invalid_request_error", "the body did not arrive within LLMKEYS_BODY_TIMEOUT_S"
+    ),
+    "invalid_max_tokens": ErrorCode(
+        400,
+        "invalid_request_error",
+        "the output cap (times the completions asked for) is above 100,000,000, more than any model produces",
+    ),
+    "metrics_unauthorized": ErrorCode(
+        401, "invalid_request_error", "/metrics without the bearer token LLMKEYS_METRICS_TOKEN"
+    ),
     "not_found": ErrorCode(404, "invalid_request_error", "no such route"),
     "rate_limit_exceeded": ErrorCode(429, "rate_limit_error", "requests per minute reached"),
     "token_limit_exceeded": ErrorCode(429, "rate_limit_error", "tokens per minute/day/month reached"),
@@ -61,6 +75,9 @@ CODES: dict[str, ErrorCode] = {
     "upstream_timeout": ErrorCode(504, "server_error", "the provider did not answer in time"),
     "upstream_unreachable": ErrorCode(502, "server_error", "the provider could not be connected to"),
     "upstream_error": ErrorCode(502, "server_error", "the provider answered 5xx (status passed through)"),
+    "upstream_response_too_large": ErrorCode(
+        502, "server_error", "the provider's decompressed answer is above LLMKEYS_MAX_UPSTREAM_RESPONSE_BYTES"
+    ),
     "upstream_auth_failed": ErrorCode(
         502, "server_error", "the provider refused the gateway's real credential (401/403 upstream)"
     ),

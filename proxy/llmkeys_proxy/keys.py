@@ -20,7 +20,9 @@ _KEY_ID_ALPHABET = string.ascii_lowercase + string.digits
 _SECRET_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 
 #: Regex for secret scanners (gitleaks, trufflehog, GitHub custom patterns). Documented in README.md.
-SCANNER_REGEX = r"\bsk-llmk-[a-z0-9]{12}-[A-Za-z0-9]{43}\b"
+#: No word boundaries and at least 16 secret characters rather than exactly 43: a key glued to more
+#: characters (an oversized header padded after it) or cut off (a truncated log line) is still a leak.
+SCANNER_REGEX = r"sk-llmk-[a-z0-9]{12}-[A-Za-z0-9]{16,}"
 _KEY_RE = re.compile(r"sk-llmk-([a-z0-9]{12})-([A-Za-z0-9]{43})")
 _KEY_ID_RE = re.compile(r"[a-z0-9]{12}")
 

@@ -1,9 +1,12 @@
 """Prometheus metrics of the proxy, served on /metrics; recorded by the settlement step of each request.
 
 Labels are public identifiers only (key_id, namespace, model, provider, code) — never keys,
-credentials or prompts. Each app owns its registry (several apps can live in one process, as in
-tests). With `PROMETHEUS_MULTIPROC_DIR` set (server.py sets it for `--workers N`), values are shared
-through prometheus-client's multiprocess files and /metrics reports the sum over all workers.
+credentials or prompts — and every value is bounded by the loaded config: `model` is a model the
+config or the price table names (`ModelNames`, on each config swap), and `other` for any name a
+client makes up (a client sending unique model names must not grow /metrics without end).
+Each app owns its registry (several apps can live in one process, as in tests). With
+`PROMETHEUS_MULTIPROC_DIR` set (server.py sets it for `--workers N`), values are shared through
+prometheus-client's multiprocess files and /metrics reports the sum over all workers.
 
 Owners are not counter labels: `llmkeys_key_info{key_id, namespace, name, <owner fields>} 1` (one
 series per key of the loaded config, kube-state-metrics style) joins them in on `key_id`. It is set on

@@ -30,6 +30,9 @@ logger = logging.getLogger("llmkeys.proxy")
 
 #: Bodies above this size get their prompt tokens counted in a worker thread (keeps the loop free).
 THREAD_ESTIMATE_BYTES = 64 * 1024
+#: Largest output cap a request may ask for (times its completions): more than any model produces,
+#: small enough that limits arithmetic stays exact.
+MAX_OUTPUT_TOKENS = 100_000_000
 #: Bytes of a provider's error message repeated to the client on a 5xx.
 _UPSTREAM_MESSAGE_LIMIT = 300
 
@@ -42,15 +45,24 @@ _DENY_MESSAGES: dict[str, str] = {
 }
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 request_too_large above `limit` bytes."""
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 request_too_large above `limit` bytes and with 408
+    request_timeout when it has not arrived whole within `timeout_s` (slow-body clients)."""
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        # The rest of the body may never come: close the connection after the answer (drained for
+        # at most listener.LINGER_S) instead of keeping it for the next request.
+        request.protocol.close()
+        raise errors.ProxyError(
+            "request_timeout", f"The request body did not arrive within {timeout_s:g} s."
+        ) from None
 
 
 def _too_large(limit: int) -> errors.ProxyError:
@@ -127,7 +139,7 @@ async def _proxy(
     presented = auth.presented_key(request.headers, request.query)
     key = auth.authenticate(table.keys, presented, outcome.time)
     outcome.key = key
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
     if key.audit.level == "content":
         outcome.prompt_body = body
     payload = parse_json_object(body)
@@ -171,6 +183,13 @@ async def _forward(
 ) -> web.StreamResponse:
     wire = endpoint.wire
     requested = wire.requested_output_tokens(payload)
+    if requested is not None and requested > MAX_OUTPUT_TOKENS:
+        raise errors.ProxyError(
+            "invalid_max_tokens",
+            f"The request asks for {min(requested, 10**30):,} output tokens"
+            f"{'+' if requested > 10**30 else ''}; no model produces more than {MAX_OUTPUT_TOKENS:,}.",
+            param="max_tokens",
+        )
     cap = key.limits.max_tokens_per_request
     if cap is not None and requested is not None and requested > cap:
         raise errors.ProxyError(
@@ -279,8 +298,8 @@ async def _reserve(
         key_id=key.key_id,
         limits=key.limits,
         pools=pools,
-        estimated_tokens=tokens,
-        estimated_micro_usd=micro_usd,
+        estimated_tokens=limits_base.bounded(tokens),
+        estimated_micro_usd=limits_base.bounded(micro_usd),
         now=outcome.time,
         month_usage_seed=key.month_usage_seed,
         day_usage_seed=key.day_usage_seed,

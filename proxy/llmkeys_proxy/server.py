@@ -30,10 +30,11 @@ from typing import Any
 
 from aiohttp import web
 
-from llmkeys_proxy import settings, sources, tls, tokens
+from llmkeys_proxy import listener, redaction, settings, sources, tls, tokens
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.server")
+_DEFAULTS = settings.ProxySettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def configure_logging(level: str) -> None:
-    """Plain log lines on stderr; audit lines (already JSON) alone on stdout."""
+    """Plain log lines on stderr; audit lines (already JSON) alone on stdout; every record redacted."""
+    redaction.install()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     audit_logger = logging.getLogger("llmkeys.audit")
     if not audit_logger.handlers:
@@ -130,10 +132,12 @@ def build_limiter(proxy_settings: settings.ProxySettings) -> limits_base.Limiter
     if proxy_settings.redis_url:
         from llmkeys_proxy.limits import redis as redis_limiter
 
-        return redis_limiter.RedisLimiter(redis_url(proxy_settings))
+        return redis_limiter.RedisLimiter(
+            redis_url(proxy_settings), reservation_ttl_s=proxy_settings.reservation_ttl_s
+        )
     from llmkeys_proxy.limits import memory
 
-    return memory.MemoryLimiter()
+    return memory.MemoryLimiter(reservation_ttl_s=proxy_settings.reservation_ttl_s)
 
 
 def check_tls_files(proxy_settings: settings.ProxySettings) -> None:
@@ -180,11 +184,21 @@ async def serve_app(
     shutdown_timeout_s: float = 30.0,
     on_ready: Callable[[int], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    header_timeout_s: float = _DEFAULTS.header_timeout_s,
+    idle_timeout_s: float = _DEFAULTS.idle_timeout_s,
 ) -> None:
     """Serve `app` until `stop` is set, then shut down gracefully: stop accepting, let in-flight
     requests finish (up to `shutdown_timeout_s`), run the app's cleanup. `on_ready(port)` is
-    called once listening (the actual port when `port` is 0). With `ssl_context`, HTTPS only."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
+    called once listening (the actual port when `port` is 0). With `ssl_context`, HTTPS only.
+    Connection deadlines: see listener.py."""
+    runner = listener.ProxyRunner(
+        app,
+        head_timeout_s=header_timeout_s,
+        idle_timeout_s=idle_timeout_s,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout_s,
+        handle_signals=False,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(
@@ -238,6 +252,8 @@ async def _serve_settings(proxy_settings: settings.ProxySettings) -> None:
             shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
             on_ready=ready,
             ssl_context=ssl_context,
+            header_timeout_s=proxy_settings.header_timeout_s,
+            idle_timeout_s=proxy_settings.idle_timeout_s,
         )
     logger.info("proxy stopped (pid %d)", os.getpid())
 
@@ -344,6 +360,8 @@ async def serve_directory(
             shutdown_timeout_s=proxy_settings.shutdown_timeout_s,
             on_ready=listening,
             ssl_context=ssl_context,
+            header_timeout_s=proxy_settings.header_timeout_s,
+            idle_timeout_s=proxy_settings.idle_timeout_s,
         )
 
 

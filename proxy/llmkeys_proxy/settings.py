@@ -36,6 +36,23 @@ class ProxySettings:
     #: Upstream inactivity timeout: time to response headers and between streamed chunks.
     upstream_timeout_s: float = 600.0
     upstream_connect_timeout_s: float = 10.0
+    #: Total deadline of a non-streamed upstream response (headers and whole body): a provider
+    #: trickling bytes cannot hold a request (and its reservation) longer.
+    upstream_response_timeout_s: float = 600.0
+    #: Largest upstream response body read whole, counted after decompression (a small gzip body
+    #: can unpack to gigabytes); above it: 502 upstream_response_too_large.
+    max_upstream_response_bytes: int = 64 * 1024 * 1024
+    #: A new connection must send its first request head within this (slow-header clients).
+    header_timeout_s: float = 10.0
+    #: A connection with no request in progress is closed after this (silent and idle clients).
+    idle_timeout_s: float = 75.0
+    #: A request body must arrive whole within this (slow-body clients): 408 request_timeout.
+    body_timeout_s: float = 60.0
+    #: How long a reservation holds budget if its proxy dies before settling it. At least the
+    #: non-streamed deadline (a live request must not lose its reservation).
+    reservation_ttl_s: float = 900.0
+    #: Bearer token /metrics requires (empty: /metrics is open; the chart sets one).
+    metrics_token: str = dataclasses.field(default="", repr=False)
     max_body_bytes: int = 10 * 1024 * 1024
     #: Poll interval of the directory config source.
     reload_interval_s: float = 0.5
@@ -84,6 +101,16 @@ class ProxySettings:
             raise ValueError("LLMKEYS_WORKERS must be at least 1")
         if self.max_body_bytes < 1024:
             raise ValueError("LLMKEYS_MAX_BODY_BYTES must be at least 1024")
+        for name in ("header_timeout_s", "idle_timeout_s", "body_timeout_s", "upstream_response_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LLMKEYS_{name.upper()} must be a positive number of seconds")
+        if self.max_upstream_response_bytes < 1024:
+            raise ValueError("LLMKEYS_MAX_UPSTREAM_RESPONSE_BYTES must be at least 1024")
+        if not max(61.0, self.upstream_response_timeout_s) <= self.reservation_ttl_s <= 86400:
+            raise ValueError(
+                "LLMKEYS_RESERVATION_TTL_S must be at least LLMKEYS_UPSTREAM_RESPONSE_TIMEOUT_S "
+                f"({self.upstream_response_timeout_s:g}) and 61 (the minute window), at most 86400"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError(
                 "LLMKEYS_TLS_CERT_FILE and LLMKEYS_TLS_KEY_FILE go together: set both (TLS) or neither"

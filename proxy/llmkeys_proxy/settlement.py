@@ -304,11 +304,12 @@ def _secret_values(provider: config.ProviderEntry | None) -> tuple[bytes, ...]:
 
 
 def _actual(counts: tokens.TokenCounts, micro_usd: int) -> limits_base.ActualUsage:
+    bounded = limits_base.bounded
     return limits_base.ActualUsage(
-        input_tokens=counts.input_tokens,
-        cached_input_tokens=counts.cached_input_tokens,
-        cache_write_tokens=counts.cache_write_tokens,
-        output_tokens=counts.output_tokens,
-        reasoning_tokens=counts.reasoning_tokens,
-        micro_usd=micro_usd,
+        input_tokens=bounded(counts.input_tokens),
+        cached_input_tokens=bounded(counts.cached_input_tokens),
+        cache_write_tokens=bounded(counts.cache_write_tokens),
+        output_tokens=bounded(counts.output_tokens),
+        reasoning_tokens=bounded(counts.reasoning_tokens),
+        micro_usd=bounded(micro_usd),
     )

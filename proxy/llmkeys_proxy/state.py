@@ -13,7 +13,17 @@ import logging
 
 from aiohttp import web
 
-from llmkeys_proxy import config, metrics, pricing, providers, routing, settings, settlement, sources
+from llmkeys_proxy import (
+    config,
+    metrics,
+    pricing,
+    providers,
+    redaction,
+    routing,
+    settings,
+    settlement,
+    sources,
+)
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import base as providers_base
 
@@ -39,6 +49,13 @@ class ProxyState:
     def apply_config(self, new: config.ProxyConfig) -> None:
         """Build and swap in the routing snapshot of `new` (source subscriber; runs on the loop)."""
         adapters: dict[str, providers_base.ProviderAdapter] = {}
+        # Every credential value of this config is scrubbed from every log line from now on.
+        redaction.remember_secrets(
+            value
+            for entry in new.providers
+            for value in (entry.api_key, *entry.secret_fields.values())
+            if value
+        )
         for entry in new.providers:
             current = self.adapters.get(entry.id)
             if current is not None and current.entry == entry:

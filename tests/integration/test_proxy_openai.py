@@ -176,7 +176,7 @@ async def test_models_lists_only_what_the_key_may_use(
         id="llmkeys/other",
         provider="openai",
         base_url=url + "/v1",
-        api_key="x" * 20,
+        api_key="sk-other-account-credential-4711",
         models=(config.ModelRoute(name="gpt-4.1"), config.ModelRoute(name="claude-x")),
     )
     provider = proxy_harness.openai_provider(

@@ -7,6 +7,7 @@ from the kubernetes-validate package (offline).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import pathlib
@@ -408,7 +409,7 @@ def test_bundled_redis_is_the_default_and_needs_a_password(chart: helm.Chart) ->
         }
     # A user-provided password Secret replaces the generated one.
     docs = render(chart, {"redis": {"auth": {"existingSecret": "my-redis"}}})
-    assert find(docs, "Secret") == []
+    assert find(docs, "Secret", f"{RELEASE}-redis") == []
     env = env_of(docs, f"{RELEASE}-proxy")
     assert env["LLMKEYS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-redis"
 
@@ -527,6 +528,31 @@ def test_service_monitor_is_opt_in(chart: helm.Chart) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_metrics_need_a_token_the_service_monitor_sends(chart: helm.Chart) -> None:
+    docs = render(chart, ALL_ON)
+    proxy_env = env_of(docs, f"{RELEASE}-proxy")
+    reference = proxy_env["LLMKEYS_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": f"{RELEASE}-proxy-metrics", "key": "token"}
+    generated = one(docs, "Secret", f"{RELEASE}-proxy-metrics")
+    assert len(base64.b64decode(generated["data"]["token"])) == 40
+    monitor = one(docs, "ServiceMonitor", f"{RELEASE}-proxy")
+    assert monitor["spec"]["endpoints"][0]["authorization"] == {"type": "Bearer", "credentials": reference}
+    own = render(
+        chart,
+        {
+            **ALL_ON,
+            "proxy": {**ALL_ON.get("proxy", {}), "metrics": {"tokenSecret": {"name": "mine", "key": "t"}}},
+        },
+    )
+    assert find(own, "Secret", f"{RELEASE}-proxy-metrics") == []
+    assert env_of(own, f"{RELEASE}-proxy")["LLMKEYS_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mine",
+        "key": "t",
+    }
+    open_metrics = render(chart, {"proxy": {"metrics": {"requireToken": False}}})
+    assert "LLMKEYS_METRICS_TOKEN" not in env_of(open_metrics, f"{RELEASE}-proxy")
 
 
 # ------------------------------------------------------------------------------- leader election

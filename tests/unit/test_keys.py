@@ -68,3 +68,12 @@ def test_scanner_regex_finds_keys_in_text() -> None:
     key = keys.generate_key()
     text = f'export OPENAI_API_KEY="{key}"\nother=sk-llmk-short'
     assert re.findall(keys.SCANNER_REGEX, text) == [key]
+
+
+def test_scanner_regex_finds_keys_glued_to_padding_or_cut_off() -> None:
+    key = keys.generate_key()
+    padded = f"Got more than 8190 bytes: Bearer {key}{'A' * 9000}"  # an oversized header, logged
+    cut = f"x-goog-api-key: {key[:-20]}"  # a log line showing only the start of the header
+    assert re.search(keys.SCANNER_REGEX, padded)
+    assert re.search(keys.SCANNER_REGEX, cut)
+    assert not re.search(keys.SCANNER_REGEX, "sk-llmk-" + "a" * 12 + "-short")

@@ -167,6 +167,10 @@ none
 
 {{- /* The proxy port's name and URL scheme: https when the proxy terminates TLS itself (the name
 tells meshes and ingress controllers what the port speaks). */ -}}
+{{- define "llmkeys.proxy.metricsSecretName" -}}
+{{- .Values.proxy.metrics.tokenSecret.name | default (printf "%s-metrics" (include "llmkeys.proxy.fullname" .)) -}}
+{{- end -}}
+
 {{- define "llmkeys.proxy.portName" -}}
 {{- if .Values.proxy.tls.secretName }}https{{ else }}http{{ end -}}
 {{- end -}}

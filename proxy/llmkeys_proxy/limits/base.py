@@ -67,6 +67,16 @@ class ReserveRequest:
     provider: ProviderLimit | None = None
 
 
+#: Largest token or micro-USD amount a request reserves or settles. Far above anything one request
+#: can cost, far below what the Lua scripts compute exactly (doubles: 2^53) or Redis stores (int64).
+MAX_AMOUNT = 2**48
+
+
+def bounded(amount: int) -> int:
+    """`amount` clamped into [0, MAX_AMOUNT] (limits arithmetic never reaches Redis unbounded)."""
+    return 0 if amount < 0 else min(amount, MAX_AMOUNT)
+
+
 @dataclass(frozen=True, slots=True)
 class RateState:
     """For the OpenAI-style x-ratelimit-* headers; None where the key has no such limit."""
