@@ -590,6 +590,56 @@ class Inactivity(ApiModel):
     reactivated with the annotation llmkeys.io/reactivated-at (the operator never writes spec)."""
 
 
+AuditLevel = Literal["none", "metadata", "content"]
+AuditSinkName = Literal["stdout", "file", "otlp"]
+#: Audit levels from least to most recorded.
+AUDIT_LEVELS: tuple[AuditLevel, ...] = ("none", "metadata", "content")
+
+
+class PolicyAudit(ApiModel):
+    """What the proxy records for each request of the keys a policy selects."""
+
+    level: AuditLevel = "metadata"
+    """Level of selected keys that name none: none, metadata (who, owner fields, key, model,
+    provider, tokens, cost, latency, outcome; never text) or content (adds the prompt and the
+    completion, size-capped, credentials scrubbed). With several policies the highest applies."""
+    allowed_levels: list[AuditLevel] = Field(
+        default_factory=list, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Other levels a selected key may choose with spec.audit.level (default: none; a key naming
+    a level some applying policy does not allow breaks the policy)."""
+    sinks: list[AuditSinkName] = Field(
+        default_factory=list, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Gateway sinks the records must reach (stdout, file, otlp); empty: every configured sink."""
+    retain_days: int | None = Field(default=None, ge=1, le=36500)
+    """Days the file sink keeps the records at least (the longest of all applying wins)."""
+
+
+class KeyAudit(ApiModel):
+    """A key's own audit wishes, within what its policies allow."""
+
+    level: AuditLevel | None = None
+    """none, metadata or content; must be the policies' level or one they all allow."""
+    sinks: list[AuditSinkName] = Field(
+        default_factory=list, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Further sinks the key's records go to (added to the policies' sinks)."""
+    retain_days: int | None = Field(default=None, ge=1, le=36500)
+    """Days to keep the key's records; policies may make it longer, never shorter."""
+
+
+class EffectiveAudit(ApiModel):
+    """The audit policy the proxy applies to the key."""
+
+    level: AuditLevel = "metadata"
+    """What each request record holds."""
+    sinks: list[AuditSinkName] = Field(default_factory=list, max_length=3)
+    """Sinks records go to (empty: every sink the gateway has)."""
+    retain_days: int | None = Field(default=None, ge=1, le=36500)
+    """Days the file sink keeps the records (unset: the gateway's default)."""
+
+
 class LLMPolicySpec(ApiModel):
     """Guardrails for the keys a policy selects. Every selecting policy applies."""
 
@@ -641,6 +691,9 @@ class LLMPolicySpec(ApiModel):
     """Budget thresholds and expiry warnings for the selected keys and the policy's pools."""
     inactivity: Inactivity | None = None
     """Warn about, then suspend, selected keys unused for a while (the shortest period wins)."""
+
+    audit: PolicyAudit | None = None
+    """What is recorded for each request of selected keys, where it goes and for how long."""
 
 
 class AlertState(ApiModel):
@@ -772,6 +825,8 @@ class VirtualKeySpec(ApiModel):
     rotation_grace_period: Duration | None = None
     """How long the previous key stays valid after a rotation (default 1h). Applies to scheduled
     rotations and to on-demand ones (annotation llmkeys.io/rotate), so it may be set alone."""
+    audit: KeyAudit | None = None
+    """The key's audit level, extra sinks and retention, within what its policies allow."""
 
 
 class EffectiveLimits(ApiModel):
@@ -789,6 +844,8 @@ class EffectiveLimits(ApiModel):
     """Policies that apply."""
     pools: list[Annotated[str, Field(max_length=600)]] = Field(default_factory=list, max_length=64)
     """Shared budget pools the key draws from."""
+    audit: EffectiveAudit = Field(default_factory=EffectiveAudit)
+    """The audit policy applied to the key's requests."""
 
 
 class ApprovalStatus(ApiModel):

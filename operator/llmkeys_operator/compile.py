@@ -419,6 +419,7 @@ def _compile_key(
     if "Allow" in modes and "Reject" not in modes:
         on_unavailable = "Allow"
 
+    audit = effective_audit(spec.audit, policies, violations)
     effective = api.EffectiveLimits(
         providers=[entry.id for entry in usable],
         models=models[: api.LIST_MAX],
@@ -426,6 +427,7 @@ def _compile_key(
         limits=limits,
         policies=policy_names,
         pools=list(pool_ids),
+        audit=audit,
     )
 
     violation = "; ".join(violations) or None
@@ -500,6 +502,7 @@ def _compile_key(
         on_limiter_unavailable=on_unavailable,
         month_usage_seed=_usage_seed(usage.month if usage else None, "%Y-%m"),
         day_usage_seed=_usage_seed(usage.day if usage else None, "%Y-%m-%d"),
+        audit=config.KeyAudit(level=audit.level, sinks=tuple(audit.sinks), retain_days=audit.retain_days),
     )
     return _CompiledKey(entry=entry, outcome=outcome, pools=tuple(pools))
 
@@ -536,6 +539,31 @@ def _merge_limits(
                 )
         merged[field] = min(candidates) if candidates else None
     return api.Limits.model_validate(merged)
+
+
+def effective_audit(
+    own: api.KeyAudit | None, policies: Sequence[api.LLMPolicy], violations: list[str]
+) -> api.EffectiveAudit:
+    """The key's audit policy: the highest level of the applying policies (metadata without any),
+    or the key's own where every policy allows it; sinks joined; the longest retention."""
+    rules = [(p.metadata.name, p.spec.audit or api.PolicyAudit()) for p in policies]
+    rank = api.AUDIT_LEVELS.index
+    level: api.AuditLevel = max((rule.level for _, rule in rules), key=rank, default="metadata")
+    if own is not None and own.level is not None and own.level != level:
+        refusing = [name for name, rule in rules if own.level not in (rule.level, *rule.allowed_levels)]
+        for name in refusing:
+            violations.append(f'audit.level {own.level} is not allowed by LLMPolicy "{name}"')
+        if not refusing:
+            level = own.level
+    sinks = {sink for _, rule in rules for sink in rule.sinks} | set(own.sinks if own else ())
+    days = [d for _, rule in rules if (d := rule.retain_days) is not None]
+    if own is not None and own.retain_days is not None:
+        days.append(own.retain_days)
+    return api.EffectiveAudit(
+        level=level,
+        sinks=sorted(sinks, key=("stdout", "file", "otlp").index),
+        retain_days=max(days, default=None),
+    )
 
 
 def _check_owner(owner: api.Owner, policies: Sequence[api.LLMPolicy], violations: list[str]) -> None:
