@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-prometheus.sh
+	bash scripts/ensure-chromium.sh
 
 demo: $(STAMP)
 	$(PY) -m llmkeys_operator.cli demo --manifests examples/standalone

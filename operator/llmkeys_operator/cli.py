@@ -4,7 +4,8 @@ Subcommands: `operator` (control plane), `proxy` (data plane, config from Kubern
 directory), `serve` (standalone: manifests folder -> compiled config -> proxy, no cluster),
 `crds` (render crds/*.yaml from the API models), `demo` (the README's first command), `report`
 (answers from status; also installed as the kubectl plugin `kubectl-llmkeys`), `audit` (query and
-verify the file sink's trail).
+verify the file sink's trail), `portal`
+(the self-service web portal).
 Each subcommand delegates to one module's `run(args)`; imports are lazy so `llmkeys crds` does not
 load aiohttp and the proxy does not load kopf.
 """
@@ -24,6 +25,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("llmkeys_operator.demo", "run the standalone demo and call it with the openai SDK"),
     "report": ("llmkeys_operator.report", "usage, spend, limits, inactive and expiring keys from status"),
     "audit": ("llmkeys_operator.audit_cli", "query and verify the audit files of the file sink"),
+    "portal": ("llmkeys_operator.portal.server", "the self-service web portal (OpenID Connect sign-in)"),
 }
 
 
