@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import io
 import re
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -131,12 +130,6 @@ async def recording_cluster() -> AsyncIterator[RecordingEmulator]:
         yield emulator
         errors = [e for e in emulator.errors if not isinstance(e, kmock.KubernetesError) or e.status >= 500]
     assert not errors, f"the emulator failed on requests: {errors!r}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def portal_settings(idp: IdentityProvider, port: int, **overrides: Any) -> settings.PortalSettings:

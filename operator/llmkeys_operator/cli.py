@@ -4,8 +4,7 @@ Subcommands: `operator` (control plane), `proxy` (data plane, config from Kubern
 directory), `serve` (standalone: manifests folder -> compiled config -> proxy, no cluster),
 `crds` (render crds/*.yaml from the API models), `demo` (the README's first command), `report`
 (answers from status; also installed as the kubectl plugin `kubectl-llmkeys`), `audit` (query and
-verify the file sink's trail), `portal`
-(the self-service web portal).
+verify the file sink's trail), `portal` (the self-service web portal).
 Each subcommand delegates to one module's `run(args)`; imports are lazy so `llmkeys crds` does not
 load aiohttp and the proxy does not load kopf.
 """

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 from tests import portal_harness as ph
+from tests.fakes import loopback
 
 
 @pytest.fixture(scope="module")
@@ -23,5 +24,5 @@ async def cluster() -> AsyncIterator[ph.RecordingEmulator]:
 
 @pytest_asyncio.fixture
 async def portal(idp: ph.IdentityProvider, cluster: ph.RecordingEmulator) -> AsyncIterator[ph.Portal]:
-    async with ph.run_portal(ph.portal_settings(idp, ph.free_port()), str(cluster.url)) as running:
+    async with ph.run_portal(ph.portal_settings(idp, loopback.free_port()), str(cluster.url)) as running:
         yield running

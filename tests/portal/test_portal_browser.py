@@ -19,6 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from tests import kmock_cluster as kc
 from tests import portal_harness as ph
 from tests import proxy_harness
+from tests.fakes import loopback
 
 from llmkeys_proxy import kubesource
 from llmkeys_proxy.limits import redis as redis_limits
@@ -119,12 +120,8 @@ async def test_self_service_story_in_chromium(
                 maximums={"requestsPerMinute": 60, "spendPerMonthUSD": "20"},
                 maxTTL="30d",
                 requiredOwnerFields=["team"],
+                selfService={"admins": {"groups": ["oidc:platform-admins"]}},
             ),
-        )
-        # Until the operator knows spec.selfService, a policy holding it is ignored by the operator
-        # (the portal reads it all the same): keep it apart from the guardrails.
-        await admin_client.create(
-            kc.POLICIES, policy("admins", selfService={"admins": {"groups": ["oidc:platform-admins"]}})
         )
     limiter = redis_limits.RedisLimiter(redis_url)
     source = kubesource.KubernetesSource(
@@ -136,7 +133,7 @@ async def test_self_service_story_in_chromium(
         )
         operator_threads.append(await kc.start_operator(base, settings))
         async with (
-            ph.run_portal(ph.portal_settings(idp, ph.free_port()), base) as portal,
+            ph.run_portal(ph.portal_settings(idp, loopback.free_port()), base) as portal,
             async_playwright() as playwright,
         ):
             browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)

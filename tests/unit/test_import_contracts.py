@@ -174,6 +174,30 @@ CONTRACTS = (
         only=(),
     ),
     Contract(
+        "the portal is a client of the API server: it runs none of the operator's loops",
+        importers=("llmkeys_operator.portal", "llmkeys_operator.portal.*"),
+        forbidden=(
+            "llmkeys_operator.reconcile",
+            "llmkeys_operator.handlers",
+            "llmkeys_operator.runtime",
+            "llmkeys_operator.runner",
+            "llmkeys_operator.usage_sync",
+            "llmkeys_operator.events",
+            "llmkeys_operator.leader",
+        ),
+    ),
+    Contract(
+        "the portal calls Kubernetes only through kubeapi, which impersonates the signed-in user",
+        # every portal module but kubeapi (fnmatch has no negation; none other starts with "k")
+        importers=("llmkeys_operator.portal", "llmkeys_operator.portal.[!k]*"),
+        forbidden=("llmkeys_operator.kube",),
+    ),
+    Contract(
+        "kubeapi needs nothing but the request paths and the identity",
+        importers=("llmkeys_operator.portal.kubeapi",),
+        only=("llmkeys_operator.kube", "llmkeys_operator.portal.identity"),
+    ),
+    Contract(
         "the limiter backends know only the config contract and each other",
         importers=("llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),
         only=("llmkeys_proxy.config", "llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),

@@ -28,7 +28,7 @@ import jinja2
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from llmkeys_operator import api, keysecret, kube
+from llmkeys_operator import api, keysecret
 from llmkeys_operator.portal import guardrails, identity, kubeapi, oidc, pages, session, settings
 
 logger = logging.getLogger("llmkeys.portal")
@@ -292,7 +292,7 @@ async def list_keys(request: web.Request) -> Listing:
     config, kube_client, who = request.app[SETTINGS], request.app[KUBE], _who(request)
     namespaces: list[str | None] = list(config.portal_namespaces) or [None]
     results = await asyncio.gather(
-        *(kube_client.list(who, kube.VIRTUALKEYS, ns) for ns in namespaces), return_exceptions=True
+        *(kube_client.list(who, kubeapi.VIRTUALKEYS, ns) for ns in namespaces), return_exceptions=True
     )
     keys: list[pages.KeyView] = []
     forbidden: list[str] = []
@@ -311,16 +311,14 @@ async def list_keys(request: web.Request) -> Listing:
 async def list_policies(request: web.Request) -> list[dict[str, Any]] | None:
     """The LLMPolicies as the user sees them; None when the user may not read them."""
     try:
-        return await request.app[KUBE].list(_who(request), kube.LLMPOLICIES, None)
+        return await request.app[KUBE].list(_who(request), kubeapi.LLMPOLICIES, None)
     except kubeapi.Forbidden:
         return None
 
 
 async def namespace_labels(request: web.Request, namespace: str) -> dict[str, str]:
     try:
-        found = await request.app[KUBE].get(
-            _who(request), kube.Resource("", "v1", "namespaces", False), None, namespace
-        )
+        found = await request.app[KUBE].get(_who(request), kubeapi.NAMESPACES, None, namespace)
     except kubeapi.Forbidden:
         return {}
     return dict(((found or {}).get("metadata") or {}).get("labels") or {})
@@ -333,22 +331,20 @@ class Access:
     owner: bool
     admin: bool
     approver: bool
-    policies: list[Mapping[str, Any]]
+    policies: list[api.LLMPolicy]
 
 
 async def key_access(request: web.Request) -> Access:
     """The key in the URL and what the user may do with it; 403 page when nothing."""
     who = _who(request)
     ns, name = request.match_info["namespace"], request.match_info["name"]
-    raw = await request.app[KUBE].get(who, kube.VIRTUALKEYS, ns, name)
+    raw = await request.app[KUBE].get(who, kubeapi.VIRTUALKEYS, ns, name)
     if raw is None:
         raise kubeapi.NotFound(404, f"VirtualKey {ns}/{name} does not exist")
     view = pages.key_view(raw)
     policies = await list_policies(request) or []
     labels = await namespace_labels(request, ns)
-    applying = [
-        r for r, _ in guardrails.applying(policies, ns, labels, (raw.get("metadata") or {}).get("labels"))
-    ]
+    applying = guardrails.applying(policies, ns, labels, (raw.get("metadata") or {}).get("labels"))
     access = Access(
         view=view,
         raw=raw,
@@ -446,7 +442,7 @@ async def create_key(request: web.Request) -> web.StreamResponse:
         "spec": key_request.spec,
     }
     try:
-        created = await request.app[KUBE].create(who, kube.VIRTUALKEYS, namespace, body)
+        created = await request.app[KUBE].create(who, kubeapi.VIRTUALKEYS, namespace, body)
     except kubeapi.Refused as exc:
         return render(
             request, "new.html", status=422, form=form, errors=[exc.message], title="New key", **context
@@ -511,14 +507,14 @@ async def reveal(request: web.Request) -> web.StreamResponse:
     data = None
     while True:
         secret = await request.app[KUBE].get(
-            who, kube.SECRETS, access.view.namespace, access.view.secret_name
+            who, kubeapi.SECRETS, access.view.namespace, access.view.secret_name
         )
         data = _ticket_fulfilled(secret, ticket)
         if data is not None or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.25)
     if data is None:
-        fresh = await request.app[KUBE].get(who, kube.VIRTUALKEYS, access.view.namespace, access.view.name)
+        fresh = await request.app[KUBE].get(who, kubeapi.VIRTUALKEYS, access.view.namespace, access.view.name)
         view = pages.key_view(fresh) if fresh else access.view
         return render(
             request, "reveal.html", key=view, shown=False, waiting=True, title="Waiting for the key"
@@ -552,7 +548,7 @@ async def _act(request: web.Request, what: str) -> web.StreamResponse:
         token = f"portal-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
         await kube_client.patch(
             who,
-            kube.VIRTUALKEYS,
+            kubeapi.VIRTUALKEYS,
             view.namespace,
             view.name,
             {"metadata": {"annotations": {keysecret.ANNOTATION_ROTATE: token}}},
@@ -569,21 +565,21 @@ async def _act(request: web.Request, what: str) -> web.StreamResponse:
             save_session(request, response, _session(request).with_ticket(ticket))
     elif what in ("suspend", "resume"):
         await kube_client.patch(
-            who, kube.VIRTUALKEYS, view.namespace, view.name, {"spec": {"suspended": what == "suspend"}}
+            who, kubeapi.VIRTUALKEYS, view.namespace, view.name, {"spec": {"suspended": what == "suspend"}}
         )
     elif what == "delete":
-        await kube_client.delete(who, kube.VIRTUALKEYS, view.namespace, view.name)
+        await kube_client.delete(who, kubeapi.VIRTUALKEYS, view.namespace, view.name)
         response = redirect("/")
     elif what == "approve":
         if not access.approver:
             raise kubeapi.Forbidden(403, f"{who.username} is not an approver of {view.ref}")
         decision = str(form.get("decision", ""))
-        if decision not in ("approve", "deny"):
+        if decision not in (api.APPROVE, api.DENY):
             return error_page(request, 400, "Bad request", "decision must be approve or deny")
         reason = str(form.get("reason", "")).strip()[:512]
-        annotations = {pages.ANNOTATION_APPROVAL: decision, pages.ANNOTATION_APPROVAL_REASON: reason or None}
+        annotations = {api.ANNOTATION_APPROVAL: decision, api.ANNOTATION_APPROVAL_REASON: reason or None}
         await kube_client.patch(
-            who, kube.VIRTUALKEYS, view.namespace, view.name, {"metadata": {"annotations": annotations}}
+            who, kubeapi.VIRTUALKEYS, view.namespace, view.name, {"metadata": {"annotations": annotations}}
         )
         response = redirect("/approvals")
     logger.info("%s: %s %s", who.username, what, view.ref)
@@ -605,12 +601,8 @@ async def approvals(request: web.Request) -> web.StreamResponse:
     for key in listing.keys:
         if not key.pending_approval:
             continue
-        applying = [
-            r
-            for r, _ in guardrails.applying(
-                policies, key.namespace, await namespace_labels(request, key.namespace)
-            )
-        ]
+        labels = await namespace_labels(request, key.namespace)
+        applying = guardrails.applying(policies, key.namespace, labels, key.labels)
         if pages.fits_approver(key, applying, who):
             waiting.append(key)
     return render(request, "approvals.html", keys=waiting, title="Approvals")
@@ -619,7 +611,7 @@ async def approvals(request: web.Request) -> web.StreamResponse:
 async def admin(request: web.Request) -> web.StreamResponse:
     who = _who(request)
     policies = await list_policies(request) or []
-    if not any(guardrails.is_admin(raw, who) for raw in policies):
+    if not any(guardrails.is_admin(p, who) for raw in policies if (p := guardrails.parse_policy(raw))):
         raise kubeapi.Forbidden(
             403, "the admin views are for the admins an LLMPolicy names (spec.selfService.admins)"
         )

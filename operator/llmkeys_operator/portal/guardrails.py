@@ -8,7 +8,7 @@ the compiler's own policy evaluation (`compile.compile_proxy_config`), whose Pol
 message is the one `kubectl get vk` and the admission webhook show.
 
 Policy fields this version of the portal does not model (a newer CRD) are ignored rather than
-refused, so an upgrade of the CRDs never breaks the portal.
+refused, so an upgrade of the CRDs before the portal never breaks it.
 """
 
 from __future__ import annotations
@@ -79,22 +79,13 @@ def parse_policy(raw: Mapping[str, Any]) -> api.LLMPolicy | None:
         return None
 
 
-def _block(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = (raw.get("spec") or {}).get(name)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _strings(value: Any) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
 def applying(
     raw_policies: Sequence[Mapping[str, Any]],
     namespace: str,
     namespace_labels: Mapping[str, str] | None,
     key_labels: Mapping[str, str] | None = None,
-) -> list[tuple[Mapping[str, Any], api.LLMPolicy]]:
-    """The policies selecting a key in `namespace` with `key_labels`, raw and parsed, by name."""
+) -> list[api.LLMPolicy]:
+    """The policies selecting a key in `namespace` with `key_labels`, by name."""
     labels = selectors.namespace_labels_of(namespace, {namespace: dict(namespace_labels or {})})
     found = []
     for raw in raw_policies:
@@ -104,39 +95,37 @@ def applying(
         if selectors.selector_matches(policy.spec.namespace_selector, labels) and selectors.selector_matches(
             policy.spec.key_selector, key_labels or {}
         ):
-            found.append((raw, policy))
-    return sorted(found, key=lambda pair: pair[1].metadata.name)
+            found.append(policy)
+    return sorted(found, key=lambda p: p.metadata.name)
 
 
-def approvers_of(raw: Mapping[str, Any]) -> tuple[list[str], list[str], bool]:
-    """(users, groups, allowSelfApproval) of a policy's approval block."""
-    approval = _block(raw, "approval")
-    found = approval.get("approvers")
-    people: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
-    return (
-        _strings(people.get("users")),
-        _strings(people.get("groups")),
-        approval.get("allowSelfApproval") is True,
-    )
+def approval_required(policy: api.LLMPolicy) -> bool:
+    return policy.spec.approval is not None and policy.spec.approval.required
 
 
-def approval_required(raw: Mapping[str, Any]) -> bool:
-    return _block(raw, "approval").get("required") is True
-
-
-def is_admin(raw: Mapping[str, Any], who: identity.Identity) -> bool:
-    admins = _block(raw, "selfService").get("admins")
-    if not isinstance(admins, Mapping):
+def may_approve(policy: api.LLMPolicy, who: identity.Identity, owns_key: bool) -> bool:
+    """Whether `who` is an approver of keys `policy` requires approval for (self-approval only
+    when the policy allows it)."""
+    approval = policy.spec.approval
+    if approval is None or not approval.required or not approval.approvers.includes(who.username, who.groups):
         return False
-    return who.is_in(_strings(admins.get("users")), _strings(admins.get("groups")))
+    return approval.allow_self_approval or not owns_key
 
 
-def may_self_serve(raw: Mapping[str, Any], who: identity.Identity) -> bool:
-    block = _block(raw, "selfService")
-    users, groups = block.get("allowedUsers"), block.get("allowedGroups")
-    if users is None and groups is None:
+def is_admin(policy: api.LLMPolicy, who: identity.Identity) -> bool:
+    service = policy.spec.self_service
+    return service is not None and service.admins.includes(who.username, who.groups)
+
+
+def may_self_serve(policy: api.LLMPolicy, who: identity.Identity) -> bool:
+    service = policy.spec.self_service
+    if service is None or not (service.allowed_users or service.allowed_groups):
         return True
-    return who.is_in(_strings(users), _strings(groups)) or is_admin(raw, who)
+    return (
+        who.username in service.allowed_users
+        or not set(service.allowed_groups).isdisjoint(who.groups)
+        or (is_admin(policy, who))
+    )
 
 
 def offer_for(
@@ -145,8 +134,7 @@ def offer_for(
     namespace_labels: Mapping[str, str] | None,
     who: identity.Identity,
 ) -> Offer:
-    pairs = applying(raw_policies, namespace, namespace_labels)
-    policies = [p for _, p in pairs]
+    policies = applying(raw_policies, namespace, namespace_labels)
     providers: set[str] | None = None
     for policy in policies:
         if policy.spec.allowed_providers is not None:
@@ -181,12 +169,12 @@ def offer_for(
     if max_ttl is not None and max_ttl not in ttl_choices:
         ttl_choices.append(max_ttl)
     expiry_required = any(p.spec.require_expiry for p in policies)
-    refusals = [raw for raw, _ in pairs if not may_self_serve(raw, who)]
+    refusals = [p for p in policies if not may_self_serve(p, who)]
     approvers: list[str] = []
-    for raw, _ in pairs:
-        if approval_required(raw):
-            users, groups, _self = approvers_of(raw)
-            approvers += users + [f"group {g}" for g in groups]
+    for policy in policies:
+        if policy.spec.approval is not None and policy.spec.approval.required:
+            people = policy.spec.approval.approvers
+            approvers += people.users + [f"group {g}" for g in people.groups]
     return Offer(
         namespace=namespace,
         policies=tuple(p.metadata.name for p in policies),
@@ -200,11 +188,11 @@ def offer_for(
         required_owner_fields=tuple(sorted({f for p in policies for f in p.spec.required_owner_fields})),
         self_service_allowed=not refusals,
         self_service_refusal=(
-            f'LLMPolicy "{refusals[0]["metadata"]["name"]}" does not allow {who.username} to create keys here'
+            f'LLMPolicy "{refusals[0].metadata.name}" does not allow {who.username} to create keys here'
             if refusals
             else ""
         ),
-        approval_required=any(approval_required(raw) for raw, _ in pairs),
+        approval_required=any(approval_required(p) for p in policies),
         approvers=tuple(dict.fromkeys(approvers)),
     )
 

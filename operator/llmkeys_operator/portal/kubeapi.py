@@ -29,6 +29,12 @@ from llmkeys_operator.portal import identity
 
 logger = logging.getLogger("llmkeys.portal.kube")
 
+#: The resources the portal reads and writes (paths built by the operator's `kube.Resource`).
+VIRTUALKEYS = kube.VIRTUALKEYS
+LLMPOLICIES = kube.LLMPOLICIES
+SECRETS = kube.SECRETS
+NAMESPACES = kube.Resource("", "v1", "namespaces", namespaced=False)
+
 MAX_MESSAGE_CHARS = 600
 #: Names the portal in the API server's audit log (next to the impersonated user).
 USER_AGENT = "llmkeys-portal"

@@ -13,19 +13,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from llmkeys_operator import keysecret
-from llmkeys_operator.portal import identity
+from llmkeys_operator import api, keysecret
+from llmkeys_operator.portal import guardrails, identity
 
-#: Annotations of the approval contract (written by approvers, stamped by the admission webhook).
-ANNOTATION_CREATED_BY = "llmkeys.io/created-by"
-ANNOTATION_APPROVAL = "llmkeys.io/approval"
-ANNOTATION_APPROVAL_REASON = "llmkeys.io/approval-reason"
-ANNOTATION_APPROVED_BY = "llmkeys.io/approved-by"
-ANNOTATION_APPROVED_AT = "llmkeys.io/approved-at"
-ANNOTATION_DENIED_BY = "llmkeys.io/denied-by"
-ANNOTATION_DENIED_REASON = "llmkeys.io/denied-reason"
 PENDING_APPROVAL = "PendingApproval"
-GROUP_BY_FIELDS = ("team", "app", "agent", "user", "service", "costCenter")
+#: What the top-spenders view groups by: owner fields, and the model (from status byModel).
+GROUP_BY_FIELDS = ("team", "app", "agent", "user", "service", "costCenter", "model")
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -61,6 +54,7 @@ class KeyView:
     namespace: str
     name: str
     uid: str
+    labels: dict[str, str]
     owner: dict[str, str]
     created_by: str | None
     description: str
@@ -85,6 +79,8 @@ class KeyView:
     denied_by: str | None
     denied_reason: str | None
     raw_spec: dict[str, Any]
+    #: Month spend by model, from status (names the config does not know are "other").
+    spend_by_model: dict[str, Decimal] = dataclasses.field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -127,8 +123,9 @@ def key_view(raw: Mapping[str, Any]) -> KeyView:
         namespace=str(meta.get("namespace", "")),
         name=name,
         uid=str(meta.get("uid", "")),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         owner={str(k): str(v) for k, v in (spec.get("owner") or {}).items()},
-        created_by=annotations.get(ANNOTATION_CREATED_BY),
+        created_by=status.get("createdBy") or annotations.get(api.ANNOTATION_CREATED_BY),
         description=str(spec.get("description") or ""),
         ready=(ready_cond or {}).get("status") == "True",
         reason=str((ready_cond or {}).get("reason") or "Pending"),
@@ -142,7 +139,9 @@ def key_view(raw: Mapping[str, Any]) -> KeyView:
         if current_day
         else 0,
         requests_today=int(day.get("requests") or 0) if current_day else 0,
-        last_used=_time(month.get("lastUsedAt")) or _time(day.get("lastUsedAt")),
+        last_used=_time(usage.get("lastUsedAt"))
+        or _time(month.get("lastUsedAt"))
+        or _time(day.get("lastUsedAt")),
         expires_at=_time(status.get("expiresAt")),
         key_id=status.get("keyId"),
         secret_name=str(
@@ -150,34 +149,34 @@ def key_view(raw: Mapping[str, Any]) -> KeyView:
         ),
         grace_period=str(spec.get("rotationGracePeriod") or "1h"),
         history=daily_history(usage, today),
-        approval=annotations.get(ANNOTATION_APPROVAL),
-        approved_by=annotations.get(ANNOTATION_APPROVED_BY),
-        denied_by=annotations.get(ANNOTATION_DENIED_BY),
-        denied_reason=annotations.get(ANNOTATION_DENIED_REASON),
+        approval=annotations.get(api.ANNOTATION_APPROVAL),
+        approved_by=annotations.get(api.ANNOTATION_APPROVED_BY),
+        denied_by=annotations.get(api.ANNOTATION_DENIED_BY),
+        denied_reason=annotations.get(api.ANNOTATION_DENIED_REASON),
         raw_spec=dict(spec),
+        spend_by_model={
+            str(entry.get("name")): _decimal(entry.get("spendUSD")) or Decimal(0)
+            for entry in (month.get("byModel") or [] if current_month else [])
+            if isinstance(entry, Mapping)
+        },
     )
 
 
 def daily_history(usage: Mapping[str, Any], today: date, days: int = 31) -> tuple[DaySpend, ...]:
     """Spend per UTC day for the last `days` days (today included), oldest first; days without a
     record count as zero. Reads `status.usage.history` entries when the operator keeps them, and
-    the current day's counters for today."""
+    the current day's counters for today (fresher than the history's last entry)."""
     spends: dict[date, DaySpend] = {}
     for entry in usage.get("history") or []:
         if not isinstance(entry, Mapping):
             continue
-        when = _time(entry.get("day") or entry.get("date") or entry.get("periodStart"))
-        if when is None:
-            try:
-                when = datetime.fromisoformat(str(entry.get("day") or entry.get("date"))).replace(tzinfo=UTC)
-            except ValueError:
-                continue
-        tokens = (
-            int(entry.get("inputTokens") or 0)
-            + int(entry.get("outputTokens") or 0)
-            + int(entry.get("tokens") or 0)
+        try:
+            when = date.fromisoformat(str(entry.get("date")))
+        except ValueError:
+            continue
+        spends[when] = DaySpend(
+            when, _decimal(entry.get("spendUSD")) or Decimal(0), int(entry.get("tokens") or 0)
         )
-        spends[when.date()] = DaySpend(when.date(), _decimal(entry.get("spendUSD")) or Decimal(0), tokens)
     day = usage.get("day") or {}
     start = _time(day.get("periodStart"))
     if start is not None and start.date() == today:
@@ -241,28 +240,24 @@ class Spender:
 
 
 def top_spenders(keys: Iterable[KeyView], by: str, limit: int = 10) -> list[Spender]:
-    """Month spend summed per value of owner field `by` (keys without it under "(none)")."""
+    """Month spend summed per value of owner field `by` (keys without it under "(none)"), or per
+    model when `by` is "model" (from each key's status byModel)."""
     totals: dict[str, list[Any]] = {}
     for key in keys:
-        group = key.owner.get(by) or "(none)"
-        entry = totals.setdefault(group, [Decimal(0), 0, 0])
-        entry[0] += key.spend_month
-        entry[1] += key.tokens_today
-        entry[2] += 1
+        shares = (
+            key.spend_by_model.items()
+            if by == "model"
+            else [(key.owner.get(by) or "(none)", key.spend_month)]
+        )
+        for group, spend in shares:
+            entry = totals.setdefault(group, [Decimal(0), 0, 0])
+            entry[0] += spend
+            entry[1] += key.tokens_today if by != "model" else 0
+            entry[2] += 1
     spenders = [Spender(group=g, spend=v[0], tokens_today=v[1], keys=v[2]) for g, v in totals.items()]
     return sorted(spenders, key=lambda s: (-s.spend, s.group))[:limit]
 
 
-def fits_approver(
-    key: KeyView, raw_policies_applying: Sequence[Mapping[str, Any]], who: identity.Identity
-) -> bool:
-    """True when `who` may approve `key` under one of the policies that require approval of it."""
-    from llmkeys_operator.portal import guardrails
-
-    for raw in raw_policies_applying:
-        if not guardrails.approval_required(raw):
-            continue
-        users, groups, allow_self = guardrails.approvers_of(raw)
-        if who.is_in(users, groups) and (allow_self or not key.owned_by(who)):
-            return True
-    return False
+def fits_approver(key: KeyView, applying: Sequence[api.LLMPolicy], who: identity.Identity) -> bool:
+    """True when `who` may approve `key` under one of the policies requiring approval of it."""
+    return any(guardrails.may_approve(policy, who, key.owned_by(who)) for policy in applying)
