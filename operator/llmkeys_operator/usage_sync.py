@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,25 +28,10 @@ logger = logging.getLogger("llmkeys.operator.usage")
 CHUNK = 500
 
 
-def limiter_url(url: str, password: str | None) -> str:
-    """The Redis URL with `password` (LLMKEYS_REDIS_PASSWORD) put in, when given."""
-    if not password:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    user = urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def open_limiter(url: str, password: str | None) -> base.Limiter:
     from llmkeys_proxy.limits import redis as redis_limits  # imported only when usage sync is on
 
-    return redis_limits.RedisLimiter(limiter_url(url, password))
+    return redis_limits.RedisLimiter(redis_limits.url_with_password(url, password))
 
 
 def period_start(period: str) -> datetime:

@@ -24,7 +24,6 @@ import signal
 import ssl
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -110,30 +109,14 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def redis_url(proxy_settings: settings.ProxySettings) -> str:
-    """LLMKEYS_REDIS_URL with LLMKEYS_REDIS_PASSWORD (when set) put in place of the URL's password."""
-    url = proxy_settings.redis_url
-    password = proxy_settings.redis_password
-    if not password:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    user = urllib.parse.quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}" + (
-        f":{parts.port}" if parts.port else ""
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def build_limiter(proxy_settings: settings.ProxySettings) -> limits_base.Limiter:
     """Redis when LLMKEYS_REDIS_URL is set, else the in-process backend."""
     if proxy_settings.redis_url:
         from llmkeys_proxy.limits import redis as redis_limiter
 
         return redis_limiter.RedisLimiter(
-            redis_url(proxy_settings), reservation_ttl_s=proxy_settings.reservation_ttl_s
+            redis_limiter.url_with_password(proxy_settings.redis_url, proxy_settings.redis_password),
+            reservation_ttl_s=proxy_settings.reservation_ttl_s,
         )
     from llmkeys_proxy.limits import memory
 

@@ -20,13 +20,13 @@ from llmkeys_proxy import (
     headers,
     keys,
     routing,
-    server,
     settings,
     sources,
     tokens,
 )
 from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.limits import base as limits_base
+from llmkeys_proxy.limits import redis as redis_limits
 from llmkeys_proxy.providers import azure, base, mock
 from llmkeys_proxy.providers import openai as openai_adapter
 
@@ -71,7 +71,10 @@ def test_settings_from_env_with_overrides_and_secrets_out_of_repr() -> None:
     assert loaded.max_body_bytes == 10 * 1024 * 1024
     assert "hunter2" not in repr(loaded) and "s3cr3t" not in repr(loaded)
     # The password variable replaces the URL's, quoted.
-    assert server.redis_url(loaded) == "redis://user:s3cr3t%2Fpw@redis:6379/0"
+    assert (
+        redis_limits.url_with_password(loaded.redis_url, loaded.redis_password)
+        == "redis://user:s3cr3t%2Fpw@redis:6379/0"
+    )
 
 
 @pytest.mark.parametrize(

@@ -138,17 +138,6 @@ def test_daily_history_keeps_31_days_and_finishes_yesterday() -> None:
     assert days[-2] == {"date": "2026-05-06", "requests": 7, "tokens": 70, "spendUSD": "1.5"}
 
 
-def test_limiter_url_puts_the_password_in() -> None:
-    assert usage_sync.limiter_url("redis://redis:6379/0", None) == "redis://redis:6379/0"
-    assert (
-        usage_sync.limiter_url("redis://redis:6379/0", "p@ss/word") == "redis://:p%40ss%2Fword@redis:6379/0"
-    )
-    assert (
-        usage_sync.limiter_url("rediss://user:old@redis.example.com:6380", "new")
-        == "rediss://user:new@redis.example.com:6380"
-    )
-
-
 def test_settings_from_env() -> None:
     env = {
         "LLMKEYS_NAMESPACE": "gw",

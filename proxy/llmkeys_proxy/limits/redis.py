@@ -94,6 +94,25 @@ def _seed_args(seed: config.UsageSeed | None) -> tuple[str | int, ...]:
     return (seed.period, seed.requests, seed.tokens, seed.micro_usd)
 
 
+def url_with_password(url: str, password: str | None) -> str:
+    """`url` with `password` (LLMKEYS_REDIS_PASSWORD) in place of its own, when one is given.
+
+    The one spelling for the proxy (`server.build_limiter`) and the operator (`usage_sync`): the
+    username keeps exactly its escaping (`%xx` is decoded, then quoted once), so both connect as
+    the same user."""
+    if not password:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class RedisLimiter(base.Limiter):
     """The fleet backend. `url` may be `redis://`, `rediss://` (TLS) or `unix://`, with
     `user:password@` for auth; URL query options (e.g. `ssl_ca_certs`) override the defaults here.
