@@ -147,7 +147,7 @@ def portal_settings(idp: IdentityProvider, port: int, **overrides: Any) -> setti
         "portal_session_key": SESSION_KEY,
         "portal_cookie_secure": False,
         "portal_namespaces": NAMESPACES,
-        "portal_reveal_wait_s": 10.0,
+        "portal_reveal_wait_s": 3.0,
         **overrides,
     }
     config = settings.PortalSettings(**values)

@@ -123,6 +123,14 @@ async def test_self_service_story_in_chromium(
                 selfService={"admins": {"groups": ["oidc:platform-admins"]}},
             ),
         )
+        await admin_client.create(
+            kc.POLICIES,
+            policy(
+                "team-b-approval",
+                namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "team-b"}},
+                approval={"required": True, "approvers": {"groups": ["oidc:approvers"]}},
+            ),
+        )
     limiter = redis_limits.RedisLimiter(redis_url)
     source = kubesource.KubernetesSource(
         kc.GATEWAY_NAMESPACE, access=kubesource.ApiAccess(server=base), debounce_s=0.02
@@ -150,7 +158,12 @@ async def test_self_service_story_in_chromium(
     for request in seen:
         assert request.user in expected, request
         assert request.groups == expected[request.user], request
-    assert {r.user for r in seen} >= {"alice@example.com", "bob@example.com", "dana@example.com"}
+    assert {r.user for r in seen} == {
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dana@example.com",
+    }
 
 
 async def story(browser: Browser, portal: ph.Portal, cluster: ph.RecordingEmulator, proxy: Any) -> None:
@@ -289,11 +302,50 @@ async def story(browser: Browser, portal: ph.Portal, cluster: ph.RecordingEmulat
     response = await bob.goto(portal.url + "/admin")
     assert response is not None and response.status == 403
 
+    # Approval: a key in team-b needs an approver. The operator here serves team-a only; the test
+    # writes the PendingApproval status the operator's approval enforcement writes, and checks the
+    # portal's part: the queue, and the approval act as an annotation written as the approver.
+    await alice.goto(portal.url + "/keys/new?namespace=team-b")
+    assert "need approval by group oidc:approvers" in await alice.inner_text("main")
+    await alice.fill("input[name=name]", "alice-b")
+    await alice.fill("input[name='owner.team']", "payments")
+    await alice.click("#create")
+    await alice.wait_for_url(re.compile(r".*/keys/team-b/alice-b/reveal"))
+    assert "Waiting for the key" in await alice.inner_text("main")
+    pending = {"type": "Ready", "status": "False", "reason": "PendingApproval", "message": "waiting for approval",
+               "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        await kc.ClusterClient(cluster, http).patch(
+            kc.VIRTUALKEYS, "team-b", "alice-b", {"status": {"conditions": [pending]}}
+        )
+    await alice.reload()
+    assert "(after approval)" in await alice.inner_text("main")
+    await shot(alice, "09-waiting-for-approval")
+    await bob.goto(portal.url + "/approvals")
+    assert "Nothing waits for you" in await bob.inner_text("main")
+    _carol_ctx, carol = await signed_in_page(browser, portal, "carol")
+    await carol.goto(portal.url + "/approvals")
+    assert "alice-b" in await carol.inner_text("table.keys")
+    await carol.fill("input[name=reason]", "ticket OPS-42")
+    await shot(carol, "10-approvals")
+    await carol.click("button[value=approve]")
+    await carol.wait_for_url(portal.url + "/approvals")
+    annotations = cluster.live_object(kc.VIRTUALKEYS, "team-b", "alice-b")["metadata"]["annotations"]  # type: ignore[index]
+    assert annotations["llmkeys.io/approval"] == "approve"
+    assert annotations["llmkeys.io/approval-reason"] == "ticket OPS-42"
+    patches = [r for r in cluster.seen_by_portal() if r.method == "PATCH" and r.path.endswith("/alice-b")]
+    assert [(r.user, r.groups) for r in patches] == [("carol@example.com", ("oidc:approvers",))]
+    forged = await bob_ctx.request.post(
+        f"{portal.url}/keys/team-b/alice-b/approve", form={"csrf": bob_csrf or "", "decision": "approve"}
+    )
+    assert forged.status == 403
+
     # Delete (after the browser's confirmation): the key and, with it, its Secret go.
     await alice.goto(portal.url + "/keys/team-a/alice-dev")
     await alice.click("#delete")
     await alice.wait_for_url(portal.url + "/")
     await wait_until(lambda: key_of(cluster, "alice-dev") is None, "deletion")
-    assert "You own no keys yet" in await alice.inner_text("main")
+    listed = await alice.inner_text("table.keys")
+    assert "alice-dev" not in listed and "alice-b" in listed
     await alice_ctx.close()
     await bob_ctx.close()
