@@ -312,8 +312,13 @@ async def story(browser: Browser, portal: ph.Portal, cluster: ph.RecordingEmulat
     await alice.click("#create")
     await alice.wait_for_url(re.compile(r".*/keys/team-b/alice-b/reveal"))
     assert "Waiting for the key" in await alice.inner_text("main")
-    pending = {"type": "Ready", "status": "False", "reason": "PendingApproval", "message": "waiting for approval",
-               "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    pending = {
+        "type": "Ready",
+        "status": "False",
+        "reason": "PendingApproval",
+        "message": "waiting for approval",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
     async with aiohttp.ClientSession() as http:
         await kc.ClusterClient(cluster, http).patch(
             kc.VIRTUALKEYS, "team-b", "alice-b", {"status": {"conditions": [pending]}}

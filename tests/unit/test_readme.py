@@ -8,6 +8,7 @@ import pathlib
 import re
 
 from llmkeys_operator import settings as operator_settings
+from llmkeys_operator.portal import settings as portal_settings
 from llmkeys_proxy import errors
 from llmkeys_proxy import settings as proxy_settings
 
@@ -33,7 +34,11 @@ def test_the_two_commands_exist_and_ci_runs_the_test_command() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    for cls in (proxy_settings.ProxySettings, operator_settings.OperatorSettings):
+    for cls in (
+        proxy_settings.ProxySettings,
+        operator_settings.OperatorSettings,
+        portal_settings.PortalSettings,
+    ):
         missing = [
             f"LLMKEYS_{field.name.upper()}"
             for field in dataclasses.fields(cls)
@@ -57,3 +62,9 @@ def test_every_documented_report_command_parses() -> None:
     for command in commands:
         args = parser.parse_args(shlex.split(command)[2:])
         assert args.report in ("usage", "spikes", "limited", "near-caps", "inactive"), command
+
+
+def test_every_image_the_readme_shows_exists() -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", README)
+    assert images, "the portal section shows screenshots"
+    assert [image for image in images if not (REPO / image).is_file()] == []
