@@ -2,7 +2,7 @@
 
 Such a request is a 400 `invalid_max_tokens` before the limiter is asked: never a 503, never served
 unreserved under an Allow policy, never a rise of the limiter-unavailable metric, never a write
-left in Redis; the next sane request is served and counted normally.
+left in Redis but the refusal tallies by code; the next sane request is served and counted normally.
 """
 
 from __future__ import annotations
@@ -50,7 +50,18 @@ async def test_absurd_output_caps_are_a_400_and_touch_no_counter(redis_url: str,
                     assert answer.status_code == 400, (fields, answer.text)
                     assert answer.json()["error"]["code"] == "invalid_max_tokens"
                 assert upstream.requests == []
-                assert redis.Redis.from_url(redis_url).keys("*") == []
+                # The refusals are tallied by code (status.usage.refusals), written by the settler
+                # once they are settled; nothing else (no reservation, no usage counter) may exist.
+                await proxy.settled()
+                stored = redis.Redis.from_url(redis_url)
+                written = sorted(k.decode() for k in stored.keys("*"))
+                assert written and all(k.split("}:", 1)[1].startswith("t:") for k in written), written
+                tallies = [stored.hgetall(k) for k in written]
+                assert all(
+                    set(t) == {b"r:invalid_max_tokens"}
+                    and t[b"r:invalid_max_tokens"] == str(len(absurd)).encode()
+                    for t in tallies
+                ), tallies
                 sane = await http.post(
                     proxy.url + "/v1/chat/completions",
                     headers=headers,
