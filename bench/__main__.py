@@ -182,16 +182,29 @@ class Runner:
 
     @contextlib.contextmanager
     def proxy(
-        self, label: str, *, config_dir: pathlib.Path, redis_url: str, log_dir: pathlib.Path
+        self,
+        label: str,
+        *,
+        config_dir: pathlib.Path,
+        redis_url: str,
+        log_dir: pathlib.Path,
+        stall_audit: bool = False,
     ) -> Iterator[tuple[processes.ManagedProcess, str]]:
         managed, base_url, start = scenarios.start_proxy(
-            label, config_dir=config_dir, redis_url=redis_url, log_dir=log_dir, cpus=self.layout.proxy_cpus
+            label,
+            config_dir=config_dir,
+            redis_url=redis_url,
+            log_dir=log_dir,
+            cpus=self.layout.proxy_cpus,
+            stall_audit=stall_audit,
         )
         self.starts.append(start)
         log(f"  proxy ({label}) ready in {start.ready_s:.2f} s, idle RSS {start.idle_rss_mb_per_worker} MB")
         try:
             yield managed, base_url
         finally:
+            if stall_audit and managed.process.stdout is not None:
+                managed.process.stdout.close()  # the stalled sink fails fast instead of holding shutdown
             managed.stop()
 
     def summaries(self) -> dict[str, stats.ScenarioSummary]:
@@ -264,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_error = f"cannot write the proxy config: {type(exc).__name__}: {exc}"
             for target, label, redis, key in (
                 ("proxy", "memory", "", bench_keys.unlimited),
+                ("proxy-audit-stalled", "memory, stalled audit sink", "", bench_keys.unlimited),
                 ("proxy-redis", "redis", redis_url, bench_keys.limited),
             ):
                 group = runner.selected(target)  # type: ignore[arg-type]
@@ -274,11 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                     runner.fail(group, config_error)
                     continue
                 try:
-                    with runner.proxy(label, config_dir=config_dir, redis_url=redis, log_dir=log_dir) as (
-                        managed,
-                        base_url,
-                    ):
+                    stall = target == "proxy-audit-stalled"
+                    with runner.proxy(
+                        label, config_dir=config_dir, redis_url=redis, log_dir=log_dir, stall_audit=stall
+                    ) as (managed, base_url):
                         runner.run_group(group, base_url=base_url, api_key=key, proxy=managed)
+                        if stall:
+                            drops = scenarios.audit_drops(base_url)
+                            log(f"  audit records dropped by the stalled sink (counted): {drops:,.0f}")
+                            extras["audit_stalled"] = {"dropped": drops}
                 except Exception as exc:
                     runner.fail(group, f"proxy: {type(exc).__name__}: {exc}")
             if not args.no_extras:

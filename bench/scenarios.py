@@ -23,7 +23,7 @@ from typing import Literal
 from bench import loadgen, processes, stats
 from llmkeys_proxy import config, keys
 
-Target = Literal["direct", "floor", "proxy", "proxy-redis"]
+Target = Literal["direct", "floor", "proxy", "proxy-redis", "proxy-audit-stalled"]
 
 UPSTREAM_API_KEY = "sk-upstream-bench-0123456789"
 BENCH_MODEL = "gpt-bench"
@@ -58,6 +58,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("proxy", "proxy, no limits, in-process limiter, 32 conns", "proxy", 32, False, "direct"),
     Scenario("proxy-stream", "proxy, no limits, SSE, 32 conns", "proxy", 32, True, "direct-stream"),
     Scenario("proxy-1c", "proxy, no limits, 1 conn", "proxy", 1, False, "direct-1c"),
+    Scenario(
+        "audit-stalled",
+        "proxy, no limits, audit sink stalled (stdout never read), 32 conns",
+        "proxy-audit-stalled",
+        32,
+        False,
+        "direct",
+    ),
     Scenario("redis", "proxy, RPM+TPM+spend on Redis, 32 conns", "proxy-redis", 32, False, "direct"),
     Scenario(
         "redis-stream", "proxy, limits on Redis, SSE, 32 conns", "proxy-redis", 32, True, "direct-stream"
@@ -205,7 +213,13 @@ def proxy_command() -> list[str]:
     return [sys.executable, "-m", "llmkeys_operator.cli", "proxy"]
 
 
-def proxy_env(config_dir: pathlib.Path, port: int, redis_url: str, workers: int) -> dict[str, str]:
+#: Audit queue of the stalled-sink scenario: small, so a short run overflows it and drops are counted.
+STALLED_AUDIT_QUEUE = 1000
+
+
+def proxy_env(
+    config_dir: pathlib.Path, port: int, redis_url: str, workers: int, stall_audit: bool = False
+) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("LLMKEYS_")}
     env.update(
         LLMKEYS_HOST="127.0.0.1",
@@ -216,6 +230,8 @@ def proxy_env(config_dir: pathlib.Path, port: int, redis_url: str, workers: int)
         LLMKEYS_REDIS_URL=redis_url,
         LLMKEYS_LOG_LEVEL="INFO",
     )
+    if stall_audit:
+        env["LLMKEYS_AUDIT_QUEUE_SIZE"] = str(STALLED_AUDIT_QUEUE)
     source = os.environ.get(PROXY_SRC_ENV)
     if source:
         # Bench another commit's proxy: `git archive <commit> proxy operator | tar -x -C DIR`.
@@ -232,15 +248,19 @@ def start_proxy(
     log_dir: pathlib.Path,
     cpus: set[int] | None,
     workers: int = 1,
+    stall_audit: bool = False,
 ) -> tuple[processes.ManagedProcess, str, ProxyStart]:
-    """Start `llmkeys proxy`, wait for /readyz; returns the process, its base URL and start facts."""
+    """Start `llmkeys proxy`, wait for /readyz; returns the process, its base URL and start facts.
+    `stall_audit`: the proxy's stdout (its audit sink) goes to a pipe nobody reads, so the sink's
+    writes block once the pipe buffer is full (a log collector that stopped reading)."""
     port = processes.free_port()
     managed = processes.start(
         f"proxy-{label}",
         proxy_command(),
         log_dir=log_dir,
         cpus=cpus,
-        env=proxy_env(config_dir, port, redis_url, workers),
+        env=proxy_env(config_dir, port, redis_url, workers, stall_audit),
+        capture_stdout=stall_audit,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -374,6 +394,14 @@ def run_scenario(
         load_cpus_busy_percent=load_busy,
         proxy_cpu_wait_percent=wait_percent,
     )
+
+
+def audit_drops(base_url: str) -> float:
+    """llmkeys_audit_dropped_total summed over sinks, from the proxy's /metrics."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    prefix = "llmkeys_audit_dropped_total{"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def utc_timestamp() -> str:

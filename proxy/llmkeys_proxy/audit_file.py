@@ -30,7 +30,7 @@ import orjson
 
 from llmkeys_proxy import audit_sinks
 
-logger = logging.getLogger("llmkeys.audit.file")
+logger = logging.getLogger("llmkeys.audit_file")
 
 GENESIS = "0" * 64
 _FILE_RE = re.compile(r"^(?P<stream>[A-Za-z0-9_.-]+?)\.(?P<day>\d{4}-\d{2}-\d{2})\.(?P<index>\d{6})\.jsonl$")

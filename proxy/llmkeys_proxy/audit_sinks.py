@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-logger = logging.getLogger("llmkeys.audit.sinks")
+logger = logging.getLogger("llmkeys.audit_sinks")  # not under llmkeys.audit: that is the stdout sink
 audit_logger = logging.getLogger("llmkeys.audit")
 
 #: One audit record as the sinks see it: an audit.AuditRecord / LifecycleRecord or a dict, anything
@@ -103,11 +103,15 @@ class QueuedSink:
             return self._progress.wait_for(lambda: self._done >= target, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush, stop the thread and close the sink."""
-        self.flush(timeout)
+        """Flush, stop the thread and close the sink (a sink still stalled after `timeout` is left
+        to its daemon thread: shutdown waits no longer)."""
+        flushed = self.flush(timeout)
         self._closing = True
         self._wakeup.set()
-        self._thread.join(timeout)
+        self._thread.join(timeout if flushed else 0)
+        if not flushed:
+            lost = self.pending
+            logger.warning("audit sink %s did not flush in %.0f s: %d records lost", self.name, timeout, lost)
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
