@@ -10,6 +10,7 @@ Routes: the OpenAI-compatible API (`/v1/...`), Azure OpenAI's (`/openai/deployme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -124,6 +125,7 @@ async def _list_models(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
+    request.app[STATE].metrics.observe_unknown_route(request.method)
     error = errors.ProxyError("not_found", f"No route {request.method} {request.path} on this proxy.")
     response = apis.FAMILIES["openai"].error_response(error)
     response.headers["x-request-id"] = headers.request_id_of(request.headers)
@@ -175,15 +177,53 @@ def create_app(
     return app
 
 
+#: Keys and pools read per pipelined call for the budget gauges.
+_BUDGET_CHUNK = 500
+
+
+async def _refresh_budgets(state: ProxyState) -> None:
+    """Keep `metrics.budgets` current: month usage of every key and pool with a monthly cap, read
+    every LLMKEYS_BUDGET_METRICS_INTERVAL_S (a limiter outage leaves the last values)."""
+    while True:
+        current = state.loaded_config
+        if current is not None:
+            keys = [
+                k
+                for k in current.keys
+                if k.limits.spend_per_month_micro_usd is not None or k.limits.tokens_per_month is not None
+            ]
+            pools = list(current.pools)
+            try:
+                snapshots: dict[str, limits_base.UsageSnapshot] = {}
+                now = datetime.now(UTC)
+                key_ids, pool_ids = [k.key_id for k in keys], [p.id for p in pools]
+                for start in range(0, max(len(key_ids), len(pool_ids)), _BUDGET_CHUNK):
+                    end = start + _BUDGET_CHUNK
+                    snapshots.update(
+                        await state.limiter.read_usage(key_ids[start:end], pool_ids[start:end], now)
+                    )
+                state.metrics.budgets.update(keys, pools, snapshots)
+            except limits_base.LimiterUnavailable:
+                pass
+        await asyncio.sleep(state.settings.budget_metrics_interval_s)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.settler.start()
     state.source.subscribe(state.apply_config)
     await state.source.start()
+    budgets = None
+    if state.settings.budget_metrics_interval_s > 0:
+        budgets = asyncio.create_task(_refresh_budgets(state), name="llmkeys-budget-gauges")
     try:
         yield
     finally:
         # aiohttp runs this after the server stopped and in-flight handlers finished.
+        if budgets is not None:
+            budgets.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await budgets
         await state.source.stop()
         await state.settler.close()
         await asyncio.to_thread(state.settler.trail.close)  # flush every audit sink

@@ -71,6 +71,11 @@ class AuditRecord:
     limiter_bypassed: bool = False
     client_disconnected: bool = False
     upstream_error: str | None = None
+    #: The client's User-Agent header (cut at 256 characters).
+    user_agent: str | None = None
+    #: The end user the request names: OpenAI `user` / `safety_identifier`, Anthropic
+    #: `metadata.user_id` (cut at 256 characters). Never the content.
+    end_user: str | None = None
     kind: str = "request"
     level: Level = "metadata"
     #: Days the key's audit policy keeps this record (None: the gateway's default).

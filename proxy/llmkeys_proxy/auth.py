@@ -39,6 +39,21 @@ def presented_key(headers: CIMultiDictProxy[str], query: Mapping[str, str]) -> s
     return query.get("key")
 
 
+def claimed_key(
+    key_index: Mapping[str, config.KeyEntry], presented: str | None
+) -> tuple[str, config.KeyEntry | None]:
+    """For metrics of refused requests: the key id the presented key names when the config knows
+    it (with its entry), else `unknown` (well-formed, no such key), `malformed` or `missing`. Only
+    config-known ids are ever returned, so callers cannot grow a label's values."""
+    if not presented:
+        return "missing", None
+    parsed = keys.parse_key(presented)
+    if parsed is None:
+        return "malformed", None
+    entry = key_index.get(parsed.key_id)
+    return (parsed.key_id, entry) if entry is not None else ("unknown", None)
+
+
 def invalid_key() -> errors.ProxyError:
     return errors.ProxyError("invalid_api_key", _INVALID_KEY_MESSAGE)
 

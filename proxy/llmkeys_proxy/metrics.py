@@ -8,6 +8,12 @@ Each app owns its registry (several apps can live in one process, as in tests). 
 `PROMETHEUS_MULTIPROC_DIR` set (server.py sets it for `--workers N`), values are shared through
 prometheus-client's multiprocess files and /metrics reports the sum over all workers.
 
+Dashboard families: `llmkeys_time_to_first_token_seconds{provider, model}` (streams),
+`llmkeys_refusals_total{key_id, namespace, code}`, `llmkeys_invalid_key_attempts_total{key_id}` (a
+config-known claimed id, else unknown / malformed / missing), `llmkeys_unknown_routes_total{method}`,
+`llmkeys_key_expiry_timestamp_seconds{key_id}` and the remaining-budget gauges (`BudgetGauges`).
+Every label value is bounded by the config: model names the config does not know are `other`.
+
 Owners are not counter labels: `llmkeys_key_info{key_id, namespace, name, <owner fields>} 1` (one
 series per key of the loaded config, kube-state-metrics style) joins them in on `key_id`. It is set on
 each config swap (`ProxyState.apply_config`) and rendered from the answering process's own config, not
@@ -17,12 +23,14 @@ from multiprocess files: a removed key's series disappears at once, with one wor
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC
 
 import prometheus_client
 from prometheus_client import core, multiprocess
 
 from llmkeys_proxy import config
+from llmkeys_proxy.limits import base as limits_base
 
 _REQUEST_LABELS = ("key_id", "namespace", "model", "provider", "code")
 _TOKEN_LABELS = ("key_id", "namespace", "model", "provider", "kind")
@@ -78,13 +86,117 @@ class KeyInfo:
             "Owner of each virtual key in the loaded config (join on key_id; absent fields are empty).",
             labels=KEY_INFO_LABELS,
         )
+        expiry = core.GaugeMetricFamily(
+            "llmkeys_key_expiry_timestamp_seconds",
+            "When each key of the loaded config expires (Unix time; keys without expiry are absent).",
+            labels=("key_id",),
+        )
         cut = KEY_INFO_VALUE_MAX
         for key in self._keys:
             owner = key.owner
             values = [key.key_id, key.namespace[:cut], key.name[:cut]]
             values += [owner.get(field, "")[:cut] for field in KEY_OWNER_LABELS]
             family.add_metric(values, {})
+            if key.expires_at is not None:
+                at = key.expires_at if key.expires_at.tzinfo else key.expires_at.replace(tzinfo=UTC)
+                expiry.add_metric([key.key_id], at.timestamp())
         yield family
+        yield expiry
+
+
+class BudgetGauges:
+    """Remaining monthly budget of capped keys and pools, from the limiter's month counters (read
+    every LLMKEYS_BUDGET_METRICS_INTERVAL_S by `refresh`), appended to /metrics like `KeyInfo`:
+    `llmkeys_key_budget_remaining{key_id, unit}`, `llmkeys_key_budget_used_ratio{key_id, cap}` and the
+    same for pools (`pool` label: policy/budget/group). Units: usd, tokens; caps: spend, tokens."""
+
+    def __init__(self) -> None:
+        self._text = b""
+
+    @property
+    def text(self) -> bytes:
+        return self._text
+
+    def update(
+        self,
+        keys: Sequence[config.KeyEntry],
+        pools: Sequence[config.PoolEntry],
+        snapshots: Mapping[str, limits_base.UsageSnapshot],
+    ) -> None:
+        remaining = core.GaugeMetricFamily(
+            "llmkeys_key_budget_remaining",
+            "What a key may still use this UTC month under its caps (unit: usd or tokens).",
+            labels=("key_id", "unit"),
+        )
+        ratio = core.GaugeMetricFamily(
+            "llmkeys_key_budget_used_ratio",
+            "Share of a key's monthly cap used this UTC month (cap: spend or tokens; 1 = exhausted).",
+            labels=("key_id", "cap"),
+        )
+        pool_remaining = core.GaugeMetricFamily(
+            "llmkeys_pool_budget_remaining",
+            "What a shared pool may still use this UTC month (unit: usd or tokens).",
+            labels=("pool", "unit"),
+        )
+        pool_ratio = core.GaugeMetricFamily(
+            "llmkeys_pool_budget_used_ratio",
+            "Share of a shared pool's monthly cap used this UTC month (cap: spend or tokens).",
+            labels=("pool", "cap"),
+        )
+        for key in keys:
+            month = snapshots.get(key.key_id)
+            if month is not None:
+                _add_caps(
+                    remaining,
+                    ratio,
+                    key.key_id,
+                    key.limits.spend_per_month_micro_usd,
+                    key.limits.tokens_per_month,
+                    month.month,
+                )
+        for pool in pools:
+            month = snapshots.get(pool.id)
+            if month is not None:
+                _add_caps(
+                    pool_remaining,
+                    pool_ratio,
+                    pool.id[: KEY_INFO_VALUE_MAX * 2],
+                    pool.spend_per_month_micro_usd,
+                    pool.tokens_per_month,
+                    month.month,
+                )
+        registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        registry.register(_Families((remaining, ratio, pool_remaining, pool_ratio)))
+        self._text = prometheus_client.generate_latest(registry)
+
+
+class _Families:
+    def __init__(self, families: Sequence[core.Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[core.Metric]:
+        yield from self._families
+
+
+def _add_caps(
+    remaining: core.GaugeMetricFamily,
+    ratio: core.GaugeMetricFamily,
+    scope: str,
+    spend_cap: int | None,
+    tokens_cap: int | None,
+    month: limits_base.PeriodUsage,
+) -> None:
+    if spend_cap is not None:
+        remaining.add_metric([scope, "usd"], max(0, spend_cap - month.micro_usd) / 1_000_000)
+        ratio.add_metric([scope, "spend"], month.micro_usd / spend_cap if spend_cap else 1.0)
+    if tokens_cap is not None:
+        remaining.add_metric([scope, "tokens"], max(0, tokens_cap - month.total_tokens))
+        ratio.add_metric([scope, "tokens"], month.total_tokens / tokens_cap if tokens_cap else 1.0)
+
+
+#: HTTP methods counted by name on unknown routes; any other is `other` (bounded label).
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class ModelNames:
@@ -176,8 +288,35 @@ class ProxyMetrics:
             ("sink",),
             registry=r,
         )
+        self.ttft = prometheus_client.Histogram(
+            "llmkeys_time_to_first_token_seconds",
+            "Streamed responses: time from request received to the first body bytes sent to the client.",
+            ("provider", "model"),
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.refusals = prometheus_client.Counter(
+            "llmkeys_refusals",
+            "Requests the proxy refused, by code and key (suspended, expired, inactive, limits, models).",
+            ("key_id", "namespace", "code"),
+            registry=r,
+        )
+        self.invalid_keys = prometheus_client.Counter(
+            "llmkeys_invalid_key_attempts",
+            "Requests refused as invalid_api_key, by the key id they claimed when the config knows it "
+            "(a known id with a wrong secret), else unknown, malformed or missing.",
+            ("key_id",),
+            registry=r,
+        )
+        self.unknown_routes = prometheus_client.Counter(
+            "llmkeys_unknown_routes",
+            "Requests to paths the proxy does not serve (404 not_found), by method.",
+            ("method",),
+            registry=r,
+        )
         self.key_info = KeyInfo()
         self.models = ModelNames()
+        self.budgets = BudgetGauges()
         self._request_children: dict[tuple[str, ...], prometheus_client.Counter] = {}
         self._token_children: dict[tuple[str, ...], tuple[prometheus_client.Counter, ...]] = {}
         self._duration_children: dict[str, prometheus_client.Histogram] = {}
@@ -227,6 +366,15 @@ class ProxyMetrics:
         """`on_drop` of the audit sinks (called from their threads; prometheus-client is thread-safe)."""
         self.audit_dropped.labels(sink).inc(count)
 
+    def observe_ttft(self, provider: str, model: str, seconds: float) -> None:
+        self.ttft.labels(provider, model).observe(seconds)
+
+    def observe_refusal(self, key_id: str, namespace: str, code: str) -> None:
+        self.refusals.labels(key_id, namespace, code).inc()
+
+    def observe_unknown_route(self, method: str) -> None:
+        self.unknown_routes.labels(method if method in _METHODS else "other").inc()
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text (summed over workers in multiprocess mode, plus this process's key
         info) and its content type."""
@@ -235,5 +383,5 @@ class ProxyMetrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry = self.registry
-        body = prometheus_client.generate_latest(registry) + self.key_info.text()
+        body = prometheus_client.generate_latest(registry) + self.key_info.text() + self.budgets.text
         return body, prometheus_client.CONTENT_TYPE_LATEST

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,20 @@ _DENY_MESSAGES: dict[str, str] = {
     "pool_budget_exceeded": "A shared budget this key draws from is exhausted.",
     "provider_limit_exceeded": "The provider credential serving this model is at its shared limit.",
 }
+
+
+#: Longest User-Agent and end-user text kept for the audit line.
+AUDIT_TEXT_MAX = 256
+
+
+def end_user_of(payload: Mapping[str, Any]) -> str | None:
+    """The end user a request names for abuse tracking: OpenAI's `user` (or `safety_identifier`),
+    Anthropic's `metadata.user_id`. Audit only (never a metric label); cut at AUDIT_TEXT_MAX."""
+    value = payload.get("user") or payload.get("safety_identifier")
+    if not isinstance(value, str):
+        metadata = payload.get("metadata")
+        value = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return value[:AUDIT_TEXT_MAX] if isinstance(value, str) and value else None
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -95,6 +110,9 @@ async def handle(
         started=time.perf_counter(),
         time=datetime.now(UTC),
     )
+    agent = request.headers.get("User-Agent")
+    if agent:
+        outcome.user_agent = agent[:AUDIT_TEXT_MAX]
     state.metrics.in_flight.inc()
     try:
         return await _proxy(state, request, endpoint, path_model, outcome)
@@ -137,12 +155,17 @@ async def _proxy(
             "config_not_loaded", "The proxy has not loaded its configuration yet; retry shortly."
         )
     presented = auth.presented_key(request.headers, request.query)
-    key = auth.authenticate(table.keys, presented, outcome.time)
+    try:
+        key = auth.authenticate(table.keys, presented, outcome.time)
+    except errors.ProxyError:
+        outcome.claimed_key_id, outcome.claimed_key = auth.claimed_key(table.keys, presented)
+        raise
     outcome.key = key
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
     if key.audit.level == "content":
         outcome.prompt_body = body
     payload = parse_json_object(body)
+    outcome.end_user = end_user_of(payload)
     model = path_model or payload.get("model")
     if not isinstance(model, str) or not model:
         raise errors.ProxyError("model_required", "The request must name a model.", param="model")
@@ -437,6 +460,8 @@ async def _stream(
         async for chunk in upstream.iter_chunks():
             out = meter.feed(chunk)
             if out:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - outcome.started
                 if capture is not None and len(capture) < capture_max:
                     capture += out
                 await response.write(out)

@@ -82,6 +82,9 @@ class ProxySettings:
     audit_file_retain_days: int = 90
     #: Bytes of request and response body kept per record at level `content`.
     audit_content_max_bytes: int = 16 * 1024
+    #: Seconds between reads of the month usage of capped keys and pools for the remaining-budget
+    #: gauges on /metrics (0: no such gauges).
+    budget_metrics_interval_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:

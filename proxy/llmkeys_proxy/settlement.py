@@ -51,15 +51,41 @@ class Outcome:
     rate_headers: dict[str, str] | None = None
     #: The pool (or credential) whose limit refused the request, when not the key's own.
     denied_scope: str | None = None
+    #: Refused before the key was accepted: the id it claimed (config-known, or unknown / malformed /
+    #: missing) and, when known, its entry (for refusals of suspended, expired or inactive keys).
+    claimed_key_id: str | None = None
+    claimed_key: config.KeyEntry | None = None
+    #: Streams: seconds from arrival to the first body bytes sent.
+    ttft_s: float | None = None
+    user_agent: str | None = None
+    #: The end user the request names (OpenAI `user`, Anthropic `metadata.user_id`).
+    end_user: str | None = None
     #: Audit level `content` only: the request body and (the start of) the response body.
     prompt_body: bytes | None = None
     completion_body: bytes | None = None
 
 
-#: Refusals tallied per key (and pool) for status and reports: the proxy's own 4xx answers about
-#: what a key may do, and the limiter being unavailable. A finite set, so tallies stay bounded.
+#: Refusals tallied per key (and pool) for status and reports: limits, models and key states (a
+#: finite set, so tallies stay bounded). Malformed requests (bad JSON, absurd max_tokens, ...) are
+#: not tallied: they write nothing to the limiter.
 TALLIED_REFUSALS = frozenset(
-    code for code, spec in errors.CODES.items() if 400 <= spec.status < 500 or code == "limiter_unavailable"
+    code
+    for code in (
+        "rate_limit_exceeded",
+        "token_limit_exceeded",
+        "budget_exceeded",
+        "pool_budget_exceeded",
+        "provider_limit_exceeded",
+        "model_not_allowed",
+        "provider_not_allowed",
+        "model_not_found",
+        "key_suspended",
+        "key_expired",
+        "key_inactive",
+        "key_policy_violation",
+        "limiter_unavailable",
+    )
+    if code in errors.CODES
 )
 
 
@@ -251,6 +277,18 @@ class Settler:
             )
             if outcome.usage_source == "estimate":
                 self._metrics.estimated_usage.labels(provider_id).inc()
+            if outcome.ttft_s is not None:
+                self._metrics.observe_ttft(provider_id, model, outcome.ttft_s)
+        code = outcome.code
+        if code == "invalid_api_key":
+            self._metrics.invalid_keys.labels(outcome.claimed_key_id or "missing").inc()
+        elif code in TALLIED_REFUSALS:
+            refused = key or outcome.claimed_key
+            self._metrics.observe_refusal(
+                refused.key_id if refused is not None else "",
+                refused.namespace if refused is not None else "",
+                code,
+            )
         trail = self.trail
         if not trail.sinks:
             return
@@ -279,6 +317,8 @@ class Settler:
             limiter_bypassed=outcome.limiter_bypassed,
             client_disconnected=outcome.client_disconnected,
             upstream_error=outcome.upstream_error,
+            user_agent=outcome.user_agent,
+            end_user=outcome.end_user,
             level=policy.level,
             retain_days=policy.retain_days,
         )

@@ -41,6 +41,8 @@ class ProxyState:
     prices: pricing.PriceTable
     settler: settlement.Settler
     table: routing.RoutingTable | None = None
+    #: The config `table` was built from (the budget gauges read its capped keys and pools).
+    loaded_config: config.ProxyConfig | None = None
     adapters: dict[str, providers_base.ProviderAdapter] = dataclasses.field(default_factory=dict)
     #: Replaced adapters still serving requests; closed when their last request ends.
     retiring: set[providers_base.ProviderAdapter] = dataclasses.field(default_factory=set)
@@ -76,6 +78,7 @@ class ProxyState:
         replaced = [a for pid, a in self.adapters.items() if adapters.get(pid) is not a]
         self.adapters = adapters
         self.table = routing.RoutingTable(new, adapters)
+        self.loaded_config = new
         for adapter in replaced:
             self.retiring.add(adapter)
             self.release(adapter, acquired=False)

@@ -62,6 +62,12 @@ ALL_ON: dict[str, Any] = {
     },
     "imagePullSecrets": [{"name": "regcred"}],
     "commonLabels": {"team": "platform"},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+    "grafanaDashboard": {
+        "enabled": True,
+        "namespace": "monitoring",
+        "annotations": {"grafana_folder": "LLM"},
+    },
 }
 
 SAMPLE_CRD: dict[str, Any] = {
@@ -194,6 +200,8 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(chart: helm.Cha
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
     } <= kinds
 
 
@@ -553,6 +561,23 @@ def test_metrics_need_a_token_the_service_monitor_sends(chart: helm.Chart) -> No
     }
     open_metrics = render(chart, {"proxy": {"metrics": {"requireToken": False}}})
     assert "LLMKEYS_METRICS_TOKEN" not in env_of(open_metrics, f"{RELEASE}-proxy")
+
+
+def test_prometheus_rule_and_grafana_dashboard_are_opt_in_and_carry_the_shipped_files(
+    chart: helm.Chart,
+) -> None:
+    assert find(render(chart), "PrometheusRule") == [] and find(render(chart), "ConfigMap") == []
+    docs = render(chart, ALL_ON)
+    rule = one(docs, "PrometheusRule", RELEASE)
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    shipped = yaml.safe_load((CHART_DIR / "files" / "prometheus" / "llmkeys-rules.yaml").read_text())
+    assert rule["spec"]["groups"] == shipped["groups"]  # the very rules promtool checks and tests
+    dashboard = one(docs, "ConfigMap", f"{RELEASE}-dashboard")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    shipped_json = json.loads((CHART_DIR / "files" / "grafana" / "llmkeys-dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["llmkeys-dashboard.json"]) == shipped_json
 
 
 # ------------------------------------------------------------------------------- leader election
