@@ -16,6 +16,7 @@ setup: $(STAMP)
 	bash scripts/ensure-redis.sh
 	bash scripts/ensure-prometheus.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-helm.sh $(VENV)
 
 demo: $(STAMP)
 	$(PY) -m llmkeys_operator.cli demo --manifests examples/standalone
@@ -46,8 +47,16 @@ e2e: $(STAMP)
 bench: setup
 	$(PY) -m bench
 
+# Base image of both stages; release builds pin it by digest (see the Dockerfile's header).
+PYTHON_IMAGE ?= docker.io/library/python:3.11-slim
+REQUIRE_PINNED_BASE ?=
+
 image:
-	docker build -t llmkeys:dev .
+	@if [ -n "$(REQUIRE_PINNED_BASE)" ] && ! echo "$(PYTHON_IMAGE)" | grep -Eq '@sha256:[0-9a-f]{64}$$'; then \
+	  echo "PYTHON_IMAGE must be pinned by digest (...@sha256:<64 hex>) when REQUIRE_PINNED_BASE is set" >&2; \
+	  exit 2; \
+	fi
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t llmkeys:dev .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

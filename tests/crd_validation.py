@@ -176,9 +176,22 @@ def _cel_errors(data: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
         try:
             holds = cel.evaluate(rule["rule"], {"self": data})
         except (RuntimeError, TypeError, ValueError) as exc:
-            # The apiserver reports a rule that cannot evaluate as an internal error of that rule.
-            yield f'{path}: Invalid value: "object": internal error: {exc} evaluating rule: {rule["rule"]}'
+            # The apiserver reports a rule that cannot evaluate as an error of that rule.
+            yield f"{path or '<nil>'}: {_cel_invalid(data)}{exc} evaluating rule: {rule['message']}"
             continue
         if holds is not True:
             # The apiserver names the root `<nil>` (a rule on the whole object).
-            yield f'{path or "<nil>"}: Invalid value: "{_json_type(data)}": {rule["message"]}'
+            yield f"{path or '<nil>'}: {_cel_invalid(data)}{rule['message']}"
+
+
+def _cel_invalid(data: Any) -> str:
+    """`Invalid value: ` plus the value as current API servers (v1.35 on) show it for a failed CEL
+    rule: strings quoted, numbers and booleans as they are, objects and lists left out (older
+    servers printed the type instead, e.g. `Invalid value: "object": `)."""
+    if isinstance(data, (dict, list)):
+        return "Invalid value: "
+    if isinstance(data, bool):
+        return f"Invalid value: {'true' if data else 'false'}: "
+    if data is None:
+        return "Invalid value: null: "
+    return f"Invalid value: {_show(data)}: "

@@ -59,7 +59,8 @@ _KINDS: dict[
             _column(
                 "Cap", "string", ".status.effective.limits.spendPerMonthUSD", "Monthly spend cap in USD."
             ),
-            _column("Expires", "date", ".status.expiresAt", "When the key expires."),
+            # A string, not a date: kubectl prints a date column as an age, `<invalid>` when in the future.
+            _column("Expires", "string", ".status.expiresAt", "When the key expires (UTC, RFC 3339)."),
             _AGE,
             _column("KeyID", "string", ".status.keyId", "Public key id.", priority=1),
             _column(
