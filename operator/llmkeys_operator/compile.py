@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from llmkeys_operator import api, durations, selectors
+from llmkeys_operator import api, durations, keysecret, selectors
 from llmkeys_proxy import config
 
 KeyReason = Literal[
@@ -284,7 +284,11 @@ def _compile_credential(
         ref = spec.secret_ref
         data = secrets.get((namespace, ref.name))
         if data is None:
-            return refused("SecretMissing", f'Secret "{ref.name}" not found in namespace "{namespace}"')
+            return refused(
+                "SecretMissing",
+                f'Secret "{ref.name}" not found in namespace "{namespace}" (in a cluster the operator sees '
+                f"only Secrets labelled {keysecret.LABEL_SECRET}: {keysecret.SECRET_CREDENTIAL})",
+            )
         if spec.provider == "bedrock":
             secret_fields = _aws_fields(data)
         api_key = data.get(ref.key) or None

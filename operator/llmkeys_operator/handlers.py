@@ -25,8 +25,12 @@ SECRETS = ("", "v1", "secrets")
 NAMESPACES = ("", "v1", "namespaces")
 KEY_SECRET_LABELS: dict[str, Any] = {
     keysecret.LABEL_MANAGED_BY: keysecret.MANAGED_BY,
+    keysecret.LABEL_SECRET: keysecret.SECRET_KEY,
     keysecret.LABEL_VIRTUALKEY: kopf.PRESENT,
 }
+#: The server-side selector of the one Secret watch (runner sets it in kopf's settings): every
+#: handler below sees only Secrets carrying `llmkeys.io/secret`.
+SECRET_WATCH_SELECTOR = keysecret.LABEL_SECRET
 
 
 def _in_gateway_namespace(namespace: str | None, memo: Any, **_: Any) -> bool:

@@ -28,6 +28,13 @@ SECRET_NAME_SUFFIX = "-llm-key"  # noqa: S105  (a name, not a secret)
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "llmkeys"
+#: Every Secret the operator reads carries this label; its watch selects on it server-side, so the
+#: operator never lists or caches the cluster's other Secrets. Values: `key` (key Secrets), `config`
+#: (compiled proxy config), `credential` (added by a person to a ProviderCredential's Secret).
+LABEL_SECRET = "llmkeys.io/secret"  # noqa: S105  (a label name)
+SECRET_KEY = "key"  # noqa: S105  (label values, not secrets)
+SECRET_CONFIG = "config"  # noqa: S105
+SECRET_CREDENTIAL = "credential"  # noqa: S105
 LABEL_VIRTUALKEY = "llmkeys.io/virtualkey"
 LABEL_KEY_ID = "llmkeys.io/key-id"
 
@@ -154,7 +161,12 @@ def env_entries(key: str, proxy_url: str) -> dict[str, str]:
 
 
 def labels(vk: api.VirtualKey, key_id: str) -> dict[str, str]:
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_VIRTUALKEY: vk.metadata.name, LABEL_KEY_ID: key_id}
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_SECRET: SECRET_KEY,
+        LABEL_VIRTUALKEY: vk.metadata.name,
+        LABEL_KEY_ID: key_id,
+    }
 
 
 def owner_reference(vk: api.VirtualKey) -> dict[str, Any]:

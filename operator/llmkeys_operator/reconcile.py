@@ -161,9 +161,11 @@ _NOT_CREDENTIAL_TYPES = frozenset(
 
 
 def may_hold_credential(labels: Mapping[str, str], secret_type: object) -> bool:
-    """Gateway-namespace Secrets worth indexing for ProviderCredentials' secretRefs."""
+    """Gateway-namespace Secrets indexed for ProviderCredentials' secretRefs: labelled
+    `llmkeys.io/secret: credential` by whoever created them (and never of a type that cannot hold one)."""
     return (
-        config.CONFIG_LABEL not in labels
+        labels.get(keysecret.LABEL_SECRET) == keysecret.SECRET_CREDENTIAL
+        and config.CONFIG_LABEL not in labels
         and keysecret.LABEL_VIRTUALKEY not in labels
         and secret_type not in _NOT_CREDENTIAL_TYPES
     )
@@ -577,7 +579,11 @@ def config_documents(proxy_config: config.ProxyConfig) -> dict[str, tuple[str, s
 def config_secret_body(
     name: str, namespace: str, kind: str, source_namespace: str, content: str
 ) -> dict[str, Any]:
-    labels = {config.CONFIG_LABEL: kind, keysecret.LABEL_MANAGED_BY: keysecret.MANAGED_BY}
+    labels = {
+        config.CONFIG_LABEL: kind,
+        keysecret.LABEL_MANAGED_BY: keysecret.MANAGED_BY,
+        keysecret.LABEL_SECRET: keysecret.SECRET_CONFIG,
+    }
     if source_namespace:
         labels[LABEL_SOURCE_NAMESPACE] = source_namespace
     return {

@@ -85,6 +85,9 @@ def kopf_settings(operator_settings: settings.OperatorSettings) -> kopf.Operator
     configured.watching.server_timeout = 300
     configured.watching.client_timeout = 330
     configured.watching.connect_timeout = 30
+    # One watch of Secrets for every handler, narrowed by the API server to the labelled ones: the
+    # operator never receives (nor caches) the cluster's other Secrets.
+    configured.watching.label_selectors[handlers.SECRETS] = handlers.SECRET_WATCH_SELECTOR
     configured.networking.request_timeout = 60
     return configured
 

@@ -261,6 +261,8 @@ async def test_interval_rotation_and_statuses_of_credentials_and_policies(
         kc.CREDENTIALS, kc.GATEWAY_NAMESPACE, "openai", lambda o: kc.condition(o, "Ready") is not None
     )
     assert ready(credential) == ("False", "SecretMissing")
+    # A credential Secret without the llmkeys.io/secret label is not seen (a real API server does not
+    # even send it: the watch selects on the label; the emulator sends all, kopf's filter drops it).
     await cluster_client.create(
         kc.SECRETS,
         {
@@ -270,12 +272,40 @@ async def test_interval_rotation_and_statuses_of_credentials_and_policies(
             "data": {"api-key": base64.b64encode(b"sk-real-upstream").decode()},
         },
     )
+    await cluster_client.create(kc.VIRTUALKEYS, virtual_key("nudge"))  # forces a publish
+    await cluster_client.wait_for(
+        kc.VIRTUALKEYS, NS, "nudge", lambda o: ready(o) is not None, what="a publish after the Secret"
+    )
+    credential = cluster_client.get(kc.CREDENTIALS, kc.GATEWAY_NAMESPACE, "openai")
+    assert ready(credential) == ("False", "SecretMissing")
+    assert "llmkeys.io/secret: credential" in (kc.condition(credential, "Ready") or {})["message"]
+    await cluster_client.patch(
+        kc.SECRETS,
+        kc.GATEWAY_NAMESPACE,
+        "openai-key",
+        {"metadata": {"labels": {"llmkeys.io/secret": "credential"}}},
+    )
     credential = await cluster_client.wait_for(
         kc.CREDENTIALS, kc.GATEWAY_NAMESPACE, "openai", lambda o: ready(o) == ("True", "Ready")
     )
+    # Every list and watch of Secrets the operator sent asked the server for labelled ones only.
+    secret_reads = [
+        request
+        for request in kube_cluster
+        if request.headers.get("User-Agent", "").startswith("kopf/")
+        and request.resource is not None
+        and request.resource.plural == "secrets"
+        and request.name is None
+        and request.method.name == "GET"
+    ]
+    assert secret_reads
+    assert {request.params.get("labelSelector") for request in secret_reads} == {"llmkeys.io/secret"}
     assert "sk-real-upstream" not in json.dumps(credential)
     policy = await cluster_client.wait_for(
-        kc.POLICIES, None, "all", lambda o: (o or {}).get("status", {}).get("selectedKeys") == 1
+        kc.POLICIES,
+        None,
+        "all",
+        lambda o: (o or {}).get("status", {}).get("selectedKeys") == 2,  # rot and nudge
     )
     assert ready(policy) == ("True", "Applied")
 

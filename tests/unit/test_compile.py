@@ -412,7 +412,10 @@ def test_credential_whose_secret_is_missing_is_not_emitted() -> None:
     )
     cred = result.credentials[(GATEWAY, "anthropic")]
     assert (cred.ready, cred.reason) == (False, "SecretMissing")
-    assert cred.message == 'Secret "anthropic-key" not found in namespace "llmkeys"'
+    assert cred.message == (
+        'Secret "anthropic-key" not found in namespace "llmkeys" '
+        "(in a cluster the operator sees only Secrets labelled llmkeys.io/secret: credential)"
+    )
     assert [p.id for p in result.config.providers] == ["llmkeys/openai"]
     assert (
         outcome(result, "alice").message

@@ -144,6 +144,13 @@ def test_every_credential_secret_is_in_the_examples() -> None:
         ref = credential.spec.secret_ref
         if ref is not None:
             assert (credential.metadata.namespace, ref.name) in loaded["secrets"], credential.metadata.name
+    # Labelled as the operator's Secret watch requires (it selects on the label server-side).
+    labelled = {
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for _, d in GITOPS
+        if d["kind"] == "Secret" and d["metadata"].get("labels", {}).get("llmkeys.io/secret") == "credential"
+    }
+    assert set(loaded["secrets"]) <= labelled
 
 
 def test_workload_mounts_an_example_key_secret() -> None:

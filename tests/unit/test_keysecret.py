@@ -53,6 +53,7 @@ def test_secret_holds_the_key_and_every_sdk_env_entry() -> None:
     assert meta["name"] == "dev-llm-key" and meta["namespace"] == "team-a"
     assert meta["labels"] == {
         "app.kubernetes.io/managed-by": "llmkeys",
+        "llmkeys.io/secret": "key",
         "llmkeys.io/virtualkey": "dev",
         "llmkeys.io/key-id": material.key_id,
     }
@@ -134,6 +135,17 @@ def test_ownership_is_by_controller_uid() -> None:
     labels = body["metadata"]["labels"]
     assert labels[keysecret.LABEL_MANAGED_BY] == keysecret.MANAGED_BY
     assert keysecret.LABEL_VIRTUALKEY in labels
+    assert labels[keysecret.LABEL_SECRET] == keysecret.SECRET_KEY
+
+
+def test_a_key_secret_from_before_the_secret_label_gets_it_on_repair() -> None:
+    """Key Secrets written by earlier versions lack `llmkeys.io/secret`; the reconcile of their
+    VirtualKey (on every operator start) reads them by name and labels them."""
+    material = keysecret.issue(NOW)
+    body = keysecret.build_key_secret(vk(), material, "http://proxy")
+    del body["metadata"]["labels"][keysecret.LABEL_SECRET]
+    patch = keysecret.repair_patch(body, vk(), material, "http://proxy")
+    assert patch == {"metadata": {"labels": {keysecret.LABEL_SECRET: keysecret.SECRET_KEY}}}
 
 
 def test_material_repr_hides_the_key() -> None:

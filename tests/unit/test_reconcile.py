@@ -7,7 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmkeys_operator import api, compile, keysecret, reconcile
+from kopf._cogs.structs import references
+
+from llmkeys_operator import api, compile, handlers, keysecret, reconcile, runner, settings
 from llmkeys_proxy import config, keys
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -152,6 +154,7 @@ def test_config_documents_are_labelled_secrets_per_namespace() -> None:
     assert body["metadata"]["labels"] == {
         "llmkeys.io/config": "keys",
         "app.kubernetes.io/managed-by": "llmkeys",
+        "llmkeys.io/secret": "config",
         "llmkeys.io/source-namespace": "team-a",
     }
     assert reconcile.config_secret_content(body) == content
@@ -179,9 +182,25 @@ def test_decode_secret_data_skips_undecodable_values() -> None:
     assert json.dumps(reconcile.decode_secret_data({})) == "{}"
 
 
-def test_only_plausible_credential_secrets_are_indexed() -> None:
-    assert reconcile.may_hold_credential({}, "Opaque")
-    assert reconcile.may_hold_credential({}, None)
-    assert not reconcile.may_hold_credential({}, "helm.sh/release.v1")
-    assert not reconcile.may_hold_credential({"llmkeys.io/config": "keys"}, "Opaque")
-    assert not reconcile.may_hold_credential({"llmkeys.io/virtualkey": "dev"}, "Opaque")
+def test_only_labelled_credential_secrets_are_indexed() -> None:
+    labelled = {"llmkeys.io/secret": "credential"}
+    assert reconcile.may_hold_credential(labelled, "Opaque")
+    assert reconcile.may_hold_credential(labelled, None)
+    assert not reconcile.may_hold_credential({}, "Opaque")  # the label is what a person adds
+    assert not reconcile.may_hold_credential({"llmkeys.io/secret": "key"}, "Opaque")
+    assert not reconcile.may_hold_credential(labelled, "helm.sh/release.v1")
+    assert not reconcile.may_hold_credential({**labelled, "llmkeys.io/config": "keys"}, "Opaque")
+    assert not reconcile.may_hold_credential({**labelled, "llmkeys.io/virtualkey": "dev"}, "Opaque")
+
+
+def test_the_secret_watch_selects_on_the_label_every_secret_the_operator_reads_carries() -> None:
+    kopf_config = runner.kopf_settings(settings.OperatorSettings())
+    secrets = references.Resource("", "v1", "secrets", kind="Secret", namespaced=True)
+    assert list(kopf_config.watching.label_selectors.collect(secrets)) == ["llmkeys.io/secret"]
+    selector = handlers.SECRET_WATCH_SELECTOR
+    assert selector == keysecret.LABEL_SECRET
+    # Key Secrets, config Secrets and (labelled by a person) credential Secrets all match it.
+    assert selector in handlers.KEY_SECRET_LABELS
+    body = reconcile.config_secret_body("llmkeys-config-providers", "llmkeys", "providers", None, "{}")
+    assert body["metadata"]["labels"][selector] == keysecret.SECRET_CONFIG
+    assert reconcile.may_hold_credential({selector: keysecret.SECRET_CREDENTIAL}, "Opaque")
