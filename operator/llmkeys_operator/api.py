@@ -31,6 +31,10 @@ from llmkeys_proxy import config
 GROUP = "llmkeys.io"
 VERSION = "v1alpha1"
 API_VERSION: Final = "llmkeys.io/v1alpha1"
+#: The label every Secret the operator reads carries (its Secret watch selects on it server-side);
+#: a person sets it to SECRET_LABEL_CREDENTIAL on the Secret a ProviderCredential's secretRef names.
+SECRET_LABEL: Final = "llmkeys.io/secret"  # noqa: S105  (a label name)
+SECRET_LABEL_CREDENTIAL: Final = "credential"  # noqa: S105  (a label value)
 
 #: Provider families: one list for the API and the proxy contract (the proxy owns it).
 ProviderType = config.ProviderType

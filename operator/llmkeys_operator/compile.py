@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from llmkeys_operator import api, durations, keysecret, selectors
+from llmkeys_operator import api, durations, selectors
 from llmkeys_proxy import config
 
 KeyReason = Literal[
@@ -287,7 +287,7 @@ def _compile_credential(
             return refused(
                 "SecretMissing",
                 f'Secret "{ref.name}" not found in namespace "{namespace}" (in a cluster the operator sees '
-                f"only Secrets labelled {keysecret.LABEL_SECRET}: {keysecret.SECRET_CREDENTIAL})",
+                f"only Secrets labelled {api.SECRET_LABEL}: {api.SECRET_LABEL_CREDENTIAL})",
             )
         if spec.provider == "bedrock":
             secret_fields = _aws_fields(data)

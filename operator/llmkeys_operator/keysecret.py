@@ -31,10 +31,10 @@ MANAGED_BY = "llmkeys"
 #: Every Secret the operator reads carries this label; its watch selects on it server-side, so the
 #: operator never lists or caches the cluster's other Secrets. Values: `key` (key Secrets), `config`
 #: (compiled proxy config), `credential` (added by a person to a ProviderCredential's Secret).
-LABEL_SECRET = "llmkeys.io/secret"  # noqa: S105  (a label name)
+LABEL_SECRET = api.SECRET_LABEL
 SECRET_KEY = "key"  # noqa: S105  (label values, not secrets)
 SECRET_CONFIG = "config"  # noqa: S105
-SECRET_CREDENTIAL = "credential"  # noqa: S105
+SECRET_CREDENTIAL = api.SECRET_LABEL_CREDENTIAL
 LABEL_VIRTUALKEY = "llmkeys.io/virtualkey"
 LABEL_KEY_ID = "llmkeys.io/key-id"
 

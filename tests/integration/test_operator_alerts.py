@@ -71,7 +71,12 @@ async def _setup(cluster_client: kc.ClusterClient, webhook: Webhook, policy_spec
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "alert-webhook", "namespace": kc.GATEWAY_NAMESPACE},
+            # Read like a provider credential: only Secrets labelled for the operator are seen.
+            "metadata": {
+                "name": "alert-webhook",
+                "namespace": kc.GATEWAY_NAMESPACE,
+                "labels": {"llmkeys.io/secret": "credential"},
+            },
             "data": {"url": base64.b64encode(webhook.url.encode()).decode()},
         },
     )
