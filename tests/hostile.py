@@ -1,9 +1,10 @@
 """Tools of the hostile-input suite (tests/integration/test_hostile_*.py): a latency probe that keeps
 asking a running proxy's /healthz while an attack runs, and raw-socket clients that misbehave.
 
-A probe measures what another client of the same proxy experiences: the worst /healthz round trip
-during the attack. Bounds are generous (a loaded CI machine), far below the stalls they guard
-against (seconds to minutes).
+A probe measures what another client of the same proxy experiences: the worst time from when a
+/healthz call was due until its answer came (the probe shares the proxy's event loop in these
+tests, so a stalled loop delays the call itself: that counts too). Bounds are generous (a loaded
+CI machine), far below the stalls they guard against (seconds to minutes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import aiohttp
 
 @dataclasses.dataclass
 class Probe:
-    """Round-trip times of /healthz calls made one after another while the block ran."""
+    """Delays of /healthz calls made one after another while the block ran (due -> answered)."""
 
     latencies: list[float] = dataclasses.field(default_factory=list)
     failures: int = 0
@@ -39,8 +40,8 @@ async def healthz_probe(base_url: str, interval_s: float = 0.05) -> AsyncIterato
     async def run() -> None:
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            due = time.perf_counter()
             while True:
-                started = time.perf_counter()
                 try:
                     async with session.get(
                         base_url + "/healthz", headers={"Connection": "close"}
@@ -50,9 +51,11 @@ async def healthz_probe(base_url: str, interval_s: float = 0.05) -> AsyncIterato
                             probe.failures += 1
                 except aiohttp.ClientError:
                     probe.failures += 1
-                probe.latencies.append(time.perf_counter() - started)
+                answered = time.perf_counter()
+                probe.latencies.append(answered - due)
                 if stop.is_set():
                     return
+                due = answered + interval_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
 

@@ -14,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from llmkeys_proxy import auth, config, errors, headers, routing, settlement, tokens
+from llmkeys_proxy import auth, config, errors, headers, redaction, routing, settlement, tokens
 from llmkeys_proxy.apis import base as apis_base
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.providers import base as providers_base
 from llmkeys_proxy.state import STATE, ProxyState
 
 logger = logging.getLogger("llmkeys.proxy")
+_T = TypeVar("_T")
 
 #: Bodies above this size get their prompt tokens counted in a worker thread (keeps the loop free).
 THREAD_ESTIMATE_BYTES = 64 * 1024
@@ -245,10 +247,7 @@ async def _forward(
     ):
         # Only token and spend limits need the prompt counted up front; otherwise it is counted
         # later, and only if the provider reports no usage.
-        if len(body) > THREAD_ESTIMATE_BYTES:
-            prompt_tokens = await asyncio.to_thread(wire.estimate_prompt_tokens, route.price_model, payload)
-        else:
-            prompt_tokens = wire.estimate_prompt_tokens(route.price_model, payload)
+        prompt_tokens = await off_loop(len(body), wire.estimate_prompt_tokens, route.price_model, payload)
         estimate = tokens.TokenCounts(input_tokens=prompt_tokens, output_tokens=reserve_output)
         estimated_cost = state.prices.cost(route.price_model, estimate, route.provider.pricing).micro_usd
     await _reserve(
@@ -296,7 +295,15 @@ def _counts_tokens(limits: config.Limits) -> bool:
     )
 
 
-def _prompt_tokens(
+async def off_loop(size: int, count: Callable[..., _T], *args: Any) -> _T:
+    """`count(*args)` (tiktoken over `size` bytes of input) in a worker thread when the input is
+    large, so one request's 10 MB prompt never stalls everyone else's requests on the event loop."""
+    if size > THREAD_ESTIMATE_BYTES:
+        return await asyncio.to_thread(count, *args)
+    return count(*args)
+
+
+async def _prompt_tokens(
     known: int | None,
     call: providers_base.UpstreamCall,
     wire: apis_base.WireFormat,
@@ -305,7 +312,8 @@ def _prompt_tokens(
     """The prompt estimate, counted now if the reservation did not need it."""
     if known is not None:
         return known
-    return wire.estimate_prompt_tokens(outcome.price_model or call.upstream_model, call.payload)
+    model = outcome.price_model or call.upstream_model
+    return await off_loop(len(call.body), wire.estimate_prompt_tokens, model, call.payload)
 
 
 async def _reserve(
@@ -370,26 +378,46 @@ async def _whole(
     finally:
         upstream.close()
     status = upstream.status
+    # The real credential never reaches the client, whatever part of the answer echoes it.
+    scrubber = redaction.Scrubber(adapter.secret_values())
+    data = scrubber.scrub(data)
     if outcome.prompt_body is not None:
         outcome.completion_body = data
     if not 200 <= status < 300:
         return _upstream_failure(upstream, data, adapter, route, outcome)
     counts = wire.response_usage(call.operation, upstream.headers, data)
+    if counts is not None and not counts.plausible:
+        # Negative, non-numeric or absurd usage is never charged as reported (nor as $0).
+        logger.warning(
+            "request %s: provider %s reported unusable usage; counted locally",
+            outcome.request_id,
+            route.provider.id,
+        )
+        counts = None
     if counts is None:
         counts = tokens.TokenCounts(
-            input_tokens=_prompt_tokens(prompt_tokens, call, wire, outcome),
-            output_tokens=_output_tokens_of(call, wire, data),
+            input_tokens=await _prompt_tokens(prompt_tokens, call, wire, outcome),
+            output_tokens=await off_loop(len(data), _output_tokens_of, call, wire, data),
         )
         outcome.usage_source = "estimate"
     else:
         outcome.usage_source = "provider"
     outcome.counts = counts
     outcome.status = status
-    response = web.Response(status=status, body=data, headers=headers.response_headers(upstream.headers))
+    response = web.Response(
+        status=status, body=data, headers=_scrubbed(headers.response_headers(upstream.headers), scrubber)
+    )
     response.headers["x-request-id"] = outcome.request_id
     if outcome.rate_headers:
         response.headers.update(outcome.rate_headers)
     return response
+
+
+def _scrubbed(kept: CIMultiDict[str], scrubber: redaction.Scrubber) -> CIMultiDict[str]:
+    """Response headers with the real credential's values replaced (an upstream may echo it)."""
+    if not scrubber.active:
+        return kept
+    return CIMultiDict((name, scrubber.scrub_text(value)) for name, value in kept.items())
 
 
 def _upstream_failure(
@@ -400,10 +428,7 @@ def _upstream_failure(
     outcome: settlement.Outcome,
 ) -> web.Response:
     """An upstream error status: refund, and tell the client what it can act on."""
-    status = upstream.status
-    for secret in adapter.secret_values():
-        if secret in data:
-            data = data.replace(secret, b"[redacted]")
+    status = upstream.status  # `data` is scrubbed of the credential already (`_whole`)
     if status in (401, 403):
         # The gateway's real credential was refused: the caller cannot fix that, and the upstream's
         # message may quote part of the credential. Say who must act instead.
@@ -422,7 +447,13 @@ def _upstream_failure(
         )
     # 4xx about the request itself (bad parameters, unknown model upstream, upstream 429): the
     # provider's own answer, which the caller's SDK understands.
-    response = web.Response(status=status, body=data, headers=headers.response_headers(upstream.headers))
+    response = web.Response(
+        status=status,
+        body=data,
+        headers=_scrubbed(
+            headers.response_headers(upstream.headers), redaction.Scrubber(adapter.secret_values())
+        ),
+    )
     for name in ("retry-after", "retry-after-ms"):
         value = upstream.headers.get(name)
         if value is not None:
@@ -446,7 +477,10 @@ async def _stream(
     outcome: settlement.Outcome,
 ) -> web.StreamResponse:
     """Pass a streamed body through chunk by chunk, metering usage; settles whatever happens."""
-    response = web.StreamResponse(status=upstream.status, headers=headers.response_headers(upstream.headers))
+    scrubber = redaction.Scrubber(adapter.secret_values())
+    response = web.StreamResponse(
+        status=upstream.status, headers=_scrubbed(headers.response_headers(upstream.headers), scrubber)
+    )
     response.headers["x-request-id"] = outcome.request_id
     if outcome.rate_headers:
         response.headers.update(outcome.rate_headers)
@@ -455,17 +489,19 @@ async def _stream(
     # Audit level content: keep the start of what the client got (the settler cuts and scrubs it).
     capture = bytearray() if outcome.prompt_body is not None else None
     capture_max = request.app[STATE].settings.audit_content_max_bytes + 256
+    passed = 0
     try:
         await response.prepare(request)
         async for chunk in upstream.iter_chunks():
-            out = meter.feed(chunk)
+            passed += len(chunk)
+            out = scrubber.feed(meter.feed(chunk))
             if out:
                 if outcome.ttft_s is None:
                     outcome.ttft_s = time.perf_counter() - outcome.started
                 if capture is not None and len(capture) < capture_max:
                     capture += out
                 await response.write(out)
-        tail = meter.finish()
+        tail = scrubber.feed(meter.finish()) + scrubber.finish()
         if tail:
             await response.write(tail)
         if upstream.error is not None and request.transport is not None:
@@ -485,9 +521,22 @@ async def _stream(
         if capture is not None:
             outcome.completion_body = bytes(capture)
         outcome.upstream_error = outcome.upstream_error or upstream.error
-        if prompt_tokens is None and (meter.usage is None or not meter.complete):
-            prompt_tokens = _prompt_tokens(None, call, wire, outcome)
-        counts = meter.settled_counts(prompt_tokens or 0)
+        reported = meter.usage
+        implausible = reported is not None and not reported.plausible
+        if prompt_tokens is None and (reported is None or not meter.complete or implausible):
+            prompt_tokens = await _prompt_tokens(None, call, wire, outcome)
+        # Counting what passed (no usage reported) is tiktoken over the stream's text: off the loop
+        # when there is much of it.
+        counts = await off_loop(passed, meter.settled_counts, prompt_tokens or 0)
+        if implausible or not counts.plausible:
+            logger.warning(
+                "request %s: the stream reported unusable usage; counted locally", outcome.request_id
+            )
+            # The invalid report is ignored: prompt estimate, output counted over what passed.
+            counted = await off_loop(passed, meter.fallback_counts, prompt_tokens or 0)
+            counts = tokens.TokenCounts(
+                input_tokens=prompt_tokens or 0, output_tokens=max(0, counted.output_tokens)
+            )
         outcome.counts = counts
         outcome.usage_source = "provider" if meter.complete and counts == meter.usage else "estimate"
     return response

@@ -143,6 +143,20 @@ class TokenCounts:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def plausible(self) -> bool:
+        """No field negative (a provider's report read as `apis.base.INVALID_COUNT` makes it so)."""
+        return (
+            min(
+                self.input_tokens,
+                self.cached_input_tokens,
+                self.cache_write_tokens,
+                self.output_tokens,
+                self.reasoning_tokens,
+            )
+            >= 0
+        )
+
 
 # --------------------------------------------------------------------------------------------------
 # Encodings

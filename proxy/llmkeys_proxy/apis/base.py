@@ -68,9 +68,24 @@ def int_of(value: object) -> int | None:
     return None
 
 
+#: Most tokens one response may report in one field: more than any model reads or writes. Above it a
+#: report is absurd (and would overflow the limiter's int64 counters).
+MAX_REPORTED_TOKENS = 1_000_000_000
+#: What `count_of` gives a reported value that is not a count: negative, non-numeric or absurd. Far
+#: enough below zero that sums of fields stay negative, so `TokenCounts.plausible` catches them.
+INVALID_COUNT = -(2**62)
+
+
 def count_of(value: object) -> int:
-    """A reported token count: `int_of`, with 0 for anything that is not one."""
-    return int_of(value) or 0
+    """A reported token count: 0 when absent (null), `INVALID_COUNT` when present but not a count
+    (negative, a string, a bool, a fraction, above `MAX_REPORTED_TOKENS`): such usage is never
+    charged as reported (the pipeline counts the request itself and logs it)."""
+    if value is None:
+        return 0
+    count = int_of(value)
+    if count is None or count > MAX_REPORTED_TOKENS:
+        return INVALID_COUNT
+    return count
 
 
 def get(body: Mapping[str, Any], *path: str) -> object:

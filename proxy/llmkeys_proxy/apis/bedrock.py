@@ -119,7 +119,10 @@ def usage_from_bedrock_headers(headers: Mapping[str, str]) -> tokens.TokenCounts
 
     def number(name: str) -> int | None:
         value = _header(headers, name)
-        return int(value) if value is not None and value.strip().isdigit() else None
+        if value is None or not value.strip().isdigit():
+            return None
+        count = int(value)
+        return count if count <= base.MAX_REPORTED_TOKENS else base.INVALID_COUNT
 
     inputs = number("X-Amzn-Bedrock-Input-Token-Count")
     outputs = number("X-Amzn-Bedrock-Output-Token-Count")

@@ -15,7 +15,9 @@ existing format = one module with one `ProviderAdapter` subclass, named in `prov
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
+import io
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -129,18 +131,44 @@ class ProviderAdapter(abc.ABC):
 class HttpUpstreamResponse(UpstreamResponse):
     """An `aiohttp.ClientResponse` behind the `UpstreamResponse` interface."""
 
-    __slots__ = ("_response", "_timeout_s")
+    __slots__ = ("_deadline", "_limit", "_response", "_timeout_s")
 
-    def __init__(self, response: aiohttp.ClientResponse, timeout_s: float) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        timeout_s: float,
+        *,
+        deadline: float | None = None,
+        limit: int | None = None,
+    ) -> None:
         self._response = response
         self._timeout_s = timeout_s
+        #: Loop time by which a whole-body `read` must be done (non-streamed total deadline).
+        self._deadline = deadline
+        #: Largest body `read` accepts, counted after decompression.
+        self._limit = limit
         self.status = response.status
         self.headers = response.headers
         self.error = None
 
     async def read(self) -> bytes:
+        """The whole body, decompressed; ProxyError upstream_timeout past the total deadline (a
+        provider trickling bytes), upstream_response_too_large above the limit (a small gzip body
+        can unpack to gigabytes: counted as it is inflated, never held whole)."""
+        parts: list[bytes] = []
+        size = 0
         try:
-            return await self._response.read()
+            async with asyncio.timeout_at(self._deadline):
+                while chunk := await self._response.content.readany():
+                    size += len(chunk)
+                    if self._limit is not None and size > self._limit:
+                        self._response.close()
+                        raise errors.ProxyError(
+                            "upstream_response_too_large",
+                            f"The provider's answer is larger than the allowed {self._limit} bytes "
+                            "(decompressed).",
+                        )
+                    parts.append(chunk)
         except TimeoutError:
             raise errors.ProxyError(
                 "upstream_timeout", f"The provider did not finish its response within {self._timeout_s:g} s."
@@ -149,6 +177,7 @@ class HttpUpstreamResponse(UpstreamResponse):
             raise errors.ProxyError(
                 "upstream_unreachable", "The provider closed the connection mid-response."
             ) from None
+        return b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -204,10 +233,15 @@ class HttpAdapter(ProviderAdapter):
         prepared = await self.prepare(call)
         if self._session is None:
             self._session = self._new_session()
+        # A non-streamed answer has one total deadline, headers and body (a stream is bounded per
+        # chunk by the inactivity timeout only).
+        total_s = self.settings.upstream_response_timeout_s
+        deadline = None if call.stream else asyncio.get_running_loop().time() + total_s
         try:
-            response = await self._session.request(
-                prepared.method, prepared.url, data=prepared.body, headers=prepared.headers
-            )
+            async with asyncio.timeout_at(deadline):
+                response = await self._session.request(
+                    prepared.method, prepared.url, data=_payload(prepared.body), headers=prepared.headers
+                )
         except TimeoutError:
             raise errors.ProxyError(
                 "upstream_timeout",
@@ -217,12 +251,23 @@ class HttpAdapter(ProviderAdapter):
             raise errors.ProxyError(
                 "upstream_unreachable", f"Could not reach the provider ({type(exc).__name__})."
             ) from None
-        return HttpUpstreamResponse(response, self.settings.upstream_timeout_s)
+        return HttpUpstreamResponse(
+            response,
+            total_s if deadline is not None else self.settings.upstream_timeout_s,
+            deadline=deadline,
+            limit=self.settings.max_upstream_response_bytes,
+        )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    """What aiohttp sends: bytes, or a file-like object for large bodies (aiohttp copies large raw
+    bytes on the event loop and warns about it); both carry Content-Length."""
+    return body if len(body) <= 1024 * 1024 else io.BytesIO(body)
 
 
 def join_url(base: str, path: str) -> str:

@@ -103,7 +103,11 @@ class MockAdapter(base.ProviderAdapter):
             await asyncio.sleep(self._delay_s)
         payload = call.payload
         model = call.upstream_model
-        prompt_tokens = apis.estimate_prompt_tokens(call.api, model, payload)
+        # Large prompts off the event loop, like the pipeline's own counting (10 MB takes seconds).
+        if len(call.body) > 64 * 1024:
+            prompt_tokens = await asyncio.to_thread(apis.estimate_prompt_tokens, call.api, model, payload)
+        else:
+            prompt_tokens = apis.estimate_prompt_tokens(call.api, model, payload)
         if call.api == "openai-embeddings":
             return self._embeddings(payload, model, prompt_tokens)
         cap = apis.requested_output_tokens(call.api, payload)
