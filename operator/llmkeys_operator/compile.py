@@ -707,6 +707,11 @@ def _unserved_wishes(spec: api.VirtualKeySpec, usable: Sequence[config.ProviderE
     return unserved
 
 
+def usage_seeds(usage: api.UsageByPeriod) -> tuple[config.UsageSeed | None, config.UsageSeed | None]:
+    """(month, day) seeds of a key's `status.usage`: what the limiter restores when it lost them."""
+    return _usage_seed(usage.month, "%Y-%m"), _usage_seed(usage.day, "%Y-%m-%d")
+
+
 def _usage_seed(usage: api.Usage | None, period_format: str) -> config.UsageSeed | None:
     if usage is None or usage.period_start is None:
         return None

@@ -25,6 +25,8 @@ import multiprocessing.queues
 import os
 import pathlib
 import queue
+import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +47,21 @@ _ISSUED_AT_PREFIX = "# issued-at: "
 _MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 _WORKER_STOP_TIMEOUT_S = 45.0
+# Kubernetes object names (RFC 1123 subdomain) and namespaces (RFC 1123 label): what the API server
+# accepts, and what keeps every file standalone mode writes inside the state dir.
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def name_problem(name: object, namespace: object) -> str | None:
+    """Why `name` / `namespace` are not valid Kubernetes names, or None."""
+    if not isinstance(name, str) or len(name) > 253 or not _NAME_RE.fullmatch(name):
+        return f"metadata.name {str(name)[:80]!r} is not a Kubernetes name (lower-case RFC 1123 subdomain)"
+    if namespace is not None and (
+        not isinstance(namespace, str) or len(namespace) > 63 or not _NAMESPACE_RE.fullmatch(namespace)
+    ):
+        return f"metadata.namespace {str(namespace)[:80]!r} is not a Kubernetes namespace (RFC 1123 label)"
+    return None
 
 
 # --------------------------------------------------------------------------------- manifests
@@ -114,6 +131,13 @@ def _add_document(result: Manifests, path: pathlib.Path, index: int, document: A
     model = _KINDS.get(str(kind))
     if model is None:
         return  # Deployments, kustomizations and the like belong to the cluster, not to us
+    problem = name_problem(
+        metadata.get("name") if isinstance(metadata, dict) else None,
+        metadata.get("namespace") if isinstance(metadata, dict) and model is not api.LLMPolicy else None,
+    )
+    if problem:
+        result.problems.append(f"{where}: {kind} is invalid: {problem}")
+        return
     body = dict(document)
     if model is not api.LLMPolicy:
         body["metadata"] = {"namespace": DEFAULT_NAMESPACE, **metadata}
@@ -140,6 +164,10 @@ def _add_secret(result: Manifests, where: str, document: Mapping[str, Any]) -> N
     name = metadata.get("name")
     if not isinstance(name, str):
         result.problems.append(f"{where}: Secret without metadata.name")
+        return
+    problem = name_problem(name, metadata.get("namespace"))
+    if problem:
+        result.problems.append(f"{where}: Secret is invalid: {problem}")
         return
     namespace = str(metadata.get("namespace") or DEFAULT_NAMESPACE)
     data: dict[str, str] = {}
@@ -173,7 +201,40 @@ class StateDir:
             os.chmod(directory, 0o700)
 
     def env_path(self, namespace: str, name: str) -> pathlib.Path:
+        """Where a key's env file lives; ValueError for names that are not Kubernetes names (they
+        are refused when manifests load; this keeps any other caller inside the state dir)."""
+        if name_problem(name, namespace):
+            raise ValueError(f"not a Kubernetes name: {namespace[:80]!r}/{name[:80]!r}")
         return self.keys_dir / namespace / f"{name}.env"
+
+    def remove_revoked(self, current: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Delete the key files of VirtualKeys no longer in the manifests: their keys are revoked,
+        and a VirtualKey created again under the same name gets a new secret. Under `locked()`."""
+        removed: list[tuple[str, str]] = []
+        if not self.keys_dir.is_dir():
+            return removed
+        for namespace_dir in sorted(self.keys_dir.iterdir()):
+            if not namespace_dir.is_dir():
+                continue
+            for path in sorted(namespace_dir.glob("*.env")):
+                if (namespace_dir.name, path.stem) not in current:
+                    path.unlink(missing_ok=True)
+                    removed.append((namespace_dir.name, path.stem))
+            if not any(namespace_dir.iterdir()):
+                shutil.rmtree(namespace_dir, ignore_errors=True)
+        return removed
+
+    def stored_usage(self, namespace: str, name: str) -> api.UsageByPeriod | None:
+        """The usage the status files last showed for a VirtualKey (what its counters are re-seeded
+        from when the limiter lost them: Redis or `serve` restarted)."""
+        usage = statusfiles.shown_usage(self.status_dir, namespace, name)
+        if usage is None:
+            return None
+        try:
+            return api.UsageByPeriod.model_validate(usage)
+        except pydantic.ValidationError:
+            logger.warning("status file of %s/%s holds unreadable usage; not seeded from it", namespace, name)
+            return None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -229,6 +290,11 @@ class StateDir:
         issued: dict[tuple[str, str], compile.IssuedKey] = {}
         created: list[tuple[str, str]] = []
         with self.locked():
+            current = {(vk.metadata.namespace or DEFAULT_NAMESPACE, vk.metadata.name) for vk in virtual_keys}
+            for namespace, name in self.remove_revoked(current):
+                logger.info(
+                    "VirtualKey %s/%s is gone: its key is revoked, its key file removed", namespace, name
+                )
             for vk in virtual_keys:
                 namespace = vk.metadata.namespace or DEFAULT_NAMESPACE
                 name = vk.metadata.name
@@ -279,7 +345,7 @@ def compile_folder(
     manifests = load_manifests(manifests_dir)
     issued, created = state.ensure_keys(manifests.virtual_keys, proxy_url, now)
     result = compile.compile_proxy_config(
-        manifests.virtual_keys,
+        [_with_stored_usage(vk, state) for vk in manifests.virtual_keys],
         manifests.policies,
         manifests.credentials,
         manifests.secrets,
@@ -291,6 +357,15 @@ def compile_folder(
     with state.locked():
         sources.write_config_dir(state.config_dir, result.config)
     return CompiledState(manifests=manifests, result=result, created=created, issued=issued)
+
+
+def _with_stored_usage(vk: api.VirtualKey, state: StateDir) -> api.VirtualKey:
+    """`vk` with the usage its status file shows as `status.usage`: the compiler turns it into the
+    key's seeds, so a cap holds across a Redis or `serve` restart as it does in a cluster."""
+    usage = state.stored_usage(vk.metadata.namespace or DEFAULT_NAMESPACE, vk.metadata.name)
+    if usage is None:
+        return vk
+    return vk.model_copy(update={"status": api.VirtualKeyStatus(usage=usage)})
 
 
 def describe(compiled: CompiledState, state: StateDir) -> list[str]:

@@ -110,6 +110,12 @@ def key_document(
     }
 
 
+def shown_usage(root: pathlib.Path, namespace: str, name: str) -> dict[str, Any] | None:
+    """`status.usage` of a VirtualKey's status file, or None."""
+    usage = (_read(root / "virtualkeys" / namespace / f"{name}.json").get("status") or {}).get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 async def write_status(
     root: pathlib.Path,
     manifests_keys: list[api.VirtualKey],
@@ -127,12 +133,21 @@ async def write_status(
     keys_dir, policies_dir = root / "virtualkeys", root / "llmpolicies"
     wanted: set[pathlib.Path] = set()
     written = 0
+    seeds: list[base.SeedTarget] = []
     for vk in manifests_keys:
         ref = (vk.metadata.namespace or compile.DEFAULT_NAMESPACE, vk.metadata.name)
         path = keys_dir / ref[0] / f"{ref[1]}.json"
         wanted.add(path)
         entry = entries.get(ref)
         previous = _read(path)
+        shown = (previous.get("status") or {}).get("usage")
+        snapshot = snapshots.get(entry.key_id) if entry is not None else None
+        if entry is not None and snapshot is not None and usage_sync.counters_lost(shown, snapshot):
+            # The limiter lost this key's counters (Redis restarted empty): put back what the status
+            # shows, as the operator does, and keep showing it (never lower within a period).
+            month, day = compile.usage_seeds(api.UsageByPeriod.model_validate(shown))
+            seeds.append(base.SeedTarget(scope_id=entry.key_id, month=month, day=day))
+            continue
         document = key_document(
             vk,
             result.keys.get(ref),
@@ -174,6 +189,11 @@ async def write_status(
         if document != previous:
             _write(path, document)
             written += 1
+    if seeds:
+        seeded = await limiter.seed_usage(seeds, now)
+        logger.warning(
+            "usage counters were lost for %d key(s); re-seeded %d from the status files", len(seeds), seeded
+        )
     for directory in (keys_dir, policies_dir):
         for stale in directory.rglob("*.json") if directory.is_dir() else ():
             if stale not in wanted:
