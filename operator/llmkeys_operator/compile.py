@@ -4,7 +4,7 @@ Called by the operator's reconcile loop and by standalone mode with everything t
 returns the `config.ProxyConfig` the proxy serves from plus, per resource, the outcome the caller
 writes into status (reasons and messages a person reads, never any secret data).
 
-Rules (DESIGN.md section 3):
+Rules (DESIGN.md sections 3 and 11):
 - Only ProviderCredentials in the gateway namespace count (one without a namespace is taken to be
   there); one whose Secret or Secret key is missing is not emitted.
 - Every LLMPolicy selecting a key applies (namespaceSelector on the namespace's labels, keySelector
@@ -16,6 +16,9 @@ Rules (DESIGN.md section 3):
 - Budgets: one pool per distinct owner-field value among the selected keys. A key without that
   owner field is simply outside the pool (the PolicyCompliant message says so) unless the policy
   requires the field, which makes it a violation.
+- A key selected by a policy with `approval.required` is PendingApproval until approved (and again
+  after a widening change), ApprovalDenied once denied (see `approvals`); it is emitted marked so,
+  and the proxy refuses it (403 key_pending_approval / key_approval_denied).
 - Every key with an issued secret is emitted, also when suspended, expired or violating (the proxy
   then answers 403 with the precise code); keys not issued yet are Pending and not emitted.
 Output is sorted so the stored config only changes when its content does.
@@ -33,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from llmkeys_operator import api, durations, selectors
+from llmkeys_operator import api, approvals, durations, selectors
 from llmkeys_proxy import config
 
 KeyReason = Literal[
@@ -155,6 +158,8 @@ class KeyOutcome:
     emitted: bool = False
     #: Since when the key is unused, and when that warns and suspends it (LLMPolicy inactivity).
     idle: Idleness | None = None
+    #: Approval state when an applying policy requires approval.
+    approval: approvals.KeyApproval | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,11 +201,14 @@ def compile_proxy_config(
     *,
     gateway_namespace: str,
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    manifest_approvals: bool = False,
 ) -> CompileResult:
     """Resources as observed -> the proxy config plus per-resource outcomes (see module docstring).
 
     `secrets` maps (namespace, name) to decoded Secret data; `issued` maps a VirtualKey's
     (namespace, name) to what has been issued for it; `namespace_labels` feeds namespaceSelectors.
+    `manifest_approvals` (standalone mode: the folder is trusted) honours `llmkeys.io/approval`
+    written in a manifest; in a cluster only the webhook's stamps count.
     """
     providers: list[config.ProviderEntry] = []
     credential_outcomes: dict[tuple[str, str], CredentialOutcome] = {}
@@ -223,16 +231,11 @@ def compile_proxy_config(
     for virtual_key in sorted(virtual_keys, key=_key_ref):
         ref = _key_ref(virtual_key)
         namespace_labels_of_key = selectors.namespace_labels_of(ref[0], namespace_labels)
-        applying = [
-            policy
-            for policy in sorted_policies
-            if selectors.selector_matches(policy.spec.namespace_selector, namespace_labels_of_key)
-            and selectors.selector_matches(policy.spec.key_selector, virtual_key.metadata.labels)
-        ]
+        applying = applying_policies(virtual_key, sorted_policies, namespace_labels_of_key)
         for policy in applying:
             selected[policy.metadata.name].append(f"{ref[0]}/{ref[1]}")
         compiled = _compile_key(
-            virtual_key, ref, applying, providers, issued.get(ref), now, gateway_namespace
+            virtual_key, ref, applying, providers, issued.get(ref), now, gateway_namespace, manifest_approvals
         )
         key_outcomes[ref] = compiled.outcome
         if compiled.entry is not None:
@@ -253,6 +256,38 @@ def compile_proxy_config(
     return CompileResult(
         config=proxy_config, keys=key_outcomes, credentials=credential_outcomes, policies=policy_outcomes
     )
+
+
+def applying_policies(
+    virtual_key: api.VirtualKey, policies: Sequence[api.LLMPolicy], namespace_labels: Mapping[str, str]
+) -> list[api.LLMPolicy]:
+    """The policies selecting a key (by its namespace's labels and its own), in the order given."""
+    return [
+        policy
+        for policy in policies
+        if selectors.selector_matches(policy.spec.namespace_selector, namespace_labels)
+        and selectors.selector_matches(policy.spec.key_selector, virtual_key.metadata.labels)
+    ]
+
+
+def policy_violations(
+    virtual_key: api.VirtualKey, policies: Sequence[api.LLMPolicy], start: datetime
+) -> tuple[api.Limits, datetime | None, list[str]]:
+    """Effective limits, resolved expiry and every breach of the applying policies.
+
+    The one implementation of the guardrails: the compiler's PolicyViolation condition and the
+    admission webhook's apply-time refusal both read their message from here ("; "-joined).
+    """
+    violations: list[str] = []
+    limits = _merge_limits(virtual_key.spec.limits, policies, violations)
+    _check_owner(virtual_key.spec.owner, policies, violations)
+    expires_at = _resolve_expiry(virtual_key.spec, policies, start, violations)
+    return limits, expires_at, violations
+
+
+def key_start(virtual_key: api.VirtualKey, issued: IssuedKey | None, now: datetime) -> datetime:
+    """Start of a key's lifetime (ttl, maxTTL): creation time, else issue time, else now."""
+    return virtual_key.metadata.creation_timestamp or (issued.issued_at if issued else now)
 
 
 # ------------------------------------------------------------------------------------ credentials
@@ -379,16 +414,15 @@ def _compile_key(
     issued: IssuedKey | None,
     now: datetime,
     gateway_namespace: str,
+    manifest_approvals: bool = False,
 ) -> _CompiledKey:
     spec = virtual_key.spec
     policy_names = [p.metadata.name for p in policies]
-    violations: list[str] = []
     notes: list[str] = []
 
-    limits = _merge_limits(spec.limits, policies, violations)
-    _check_owner(spec.owner, policies, violations)
-    start = virtual_key.metadata.creation_timestamp or (issued.issued_at if issued else now)
-    expires_at = _resolve_expiry(spec, policies, start, violations)
+    start = key_start(virtual_key, issued, now)
+    limits, expires_at, violations = policy_violations(virtual_key, policies, start)
+    approval = approvals.key_approval(virtual_key, policies, start, trust_manifest=manifest_approvals)
 
     # Providers: the key's wish intersected with every policy's allowlist.
     allowed_types = set(spec.providers if spec.providers is not None else api.PROVIDER_TYPES)
@@ -450,9 +484,13 @@ def _compile_key(
         )
     elif violation is not None:
         reason, message = "PolicyViolation", violation
+    elif approval is not None and approval.state == "Denied":
+        reason, message = "ApprovalDenied", approval.message
     elif not models:
         reason = "NoUsableModels"
         message = _no_models_message(spec, policies, allowed_types, usable, allowlists, gateway_namespace)
+    elif approval is not None and approval.state == "Pending":
+        reason, message = "PendingApproval", approval.message
     elif issued is None:
         reason, message = "Pending", "waiting for the key to be issued"
     else:
@@ -482,6 +520,7 @@ def _compile_key(
         policies=policy_names,
         emitted=issued is not None,
         idle=idle,
+        approval=approval,
     )
     if issued is None:
         return _CompiledKey(entry=None, outcome=outcome, pools=tuple(pools))
@@ -502,6 +541,7 @@ def _compile_key(
         suspended=spec.suspended,
         inactive=reason == "Inactive",
         policy_violation=violation,
+        approval=_entry_approval(approval),
         pools=pool_ids,
         on_limiter_unavailable=on_unavailable,
         month_usage_seed=_usage_seed(usage.month if usage else None, "%Y-%m"),
@@ -509,6 +549,12 @@ def _compile_key(
         audit=config.KeyAudit(level=audit.level, sinks=tuple(audit.sinks), retain_days=audit.retain_days),
     )
     return _CompiledKey(entry=entry, outcome=outcome, pools=tuple(pools))
+
+
+def _entry_approval(approval: approvals.KeyApproval | None) -> Literal["pending", "denied"] | None:
+    if approval is None or approval.state == "Approved":
+        return None
+    return "denied" if approval.state == "Denied" else "pending"
 
 
 def _wire(field: str) -> str:

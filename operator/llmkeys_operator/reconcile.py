@@ -30,7 +30,7 @@ from typing import Any
 
 import pydantic
 
-from llmkeys_operator import api, compile, durations, events, keysecret, kube, notifier, settings
+from llmkeys_operator import api, approvals, compile, durations, events, keysecret, kube, notifier, settings
 from llmkeys_proxy import config, keys
 
 logger = logging.getLogger("llmkeys.operator")
@@ -724,7 +724,25 @@ def key_status(
         "expiresAt": format_time(outcome.expires_at) if outcome.expires_at is not None else None,
         "rotatedAt": format_time(rotated_at) if rotated_at is not None else entry.raw_status.get("rotatedAt"),
         "effective": effective,
+        "createdBy": (
+            entry.model.metadata.annotations.get(api.ANNOTATION_CREATED_BY) if entry.model else None
+        ),
+        "approval": approval_status(outcome.approval),
     }
+
+
+def approval_status(approval: approvals.KeyApproval | None) -> dict[str, Any] | None:
+    """status.approval of a key needing approval (None: no applying policy requires one)."""
+    if approval is None:
+        return None
+    status = api.ApprovalStatus(
+        state=approval.state,
+        by=approval.by if approval.state != "Pending" else None,
+        at=approval.at if approval.state != "Pending" else None,
+        reason=approval.reason,
+        approvers=list(approval.approvers[: api.LIST_MAX]),
+    )
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def watch_conditions(
@@ -837,7 +855,13 @@ def _record_transition(
     if entry.model is None or before.get("reason") == after.get("reason"):
         return
     reason = after.get("reason")
+    if before.get("reason") in ("PendingApproval", "ApprovalDenied") and reason == "Active":
+        by = entry.model.metadata.annotations.get(api.ANNOTATION_APPROVED_BY) or approvals.MANIFEST_APPROVER
+        ctx.events.record(_vk_ref(entry.model), "Normal", "Approved", f"approved by {by}")
+        return
     kinds = {
+        "PendingApproval": ("Normal", "ApprovalRequested"),
+        "ApprovalDenied": ("Warning", "ApprovalDenied"),
         "Active": ("Normal", "Active"),
         "Suspended": ("Normal", "Suspended"),
         "Expired": ("Normal", "Expired"),

@@ -4,7 +4,9 @@ Called by `cli` (`add_arguments`/`run`) and by tests and benches (`serve`, with 
 connection info and stop/ready flags). kopf settings: progress and diff-base kept in annotations
 under `kopf.llmkeys.io`, our own finalizer name (no handler needs one today), kopf's liveness
 endpoint on `LLMKEYS_LIVENESS_PORT`, and kopf's peering off: replicas coordinate through a Lease
-instead (see `leader`); a standby answers /healthz itself until it leads.
+instead (see `leader`); a standby answers /healthz itself until it leads. With
+`LLMKEYS_WEBHOOK_PORT` set, every replica (standbys too) also serves the admission webhook
+(`webhooks`) from its own thread, so admission never waits for a leader.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 import aiohttp.web
 import kopf
 
-from llmkeys_operator import handlers, kube, leader, runtime, settings
+from llmkeys_operator import handlers, kube, leader, runtime, settings, webhooks
 from llmkeys_proxy import redaction
 
 logger = logging.getLogger("llmkeys.operator")
@@ -141,6 +143,7 @@ async def serve(
     ready_flag: threading.Event | None = None,
     tweak: KopfTweak | None = None,
     identity: str | None = None,
+    review_observer: webhooks.ReviewObserver | None = None,
 ) -> bool:
     """Run until `stop_flag` is set (or SIGTERM); returns True when the leadership was lost, so the
     process exits non-zero and restarts as a standby."""
@@ -157,6 +160,14 @@ async def serve(
     client = kube.KubeClient(connection)
     elector: leader.LeaderElector | None = None
     lost = False
+    # Admission is served by every replica from the start, leader or standby (see `webhooks`).
+    admission = (
+        _AdmissionThread(operator_settings, connection, stopping, tweak, review_observer)
+        if operator_settings.webhook_port
+        else None
+    )
+    if admission is not None:
+        admission.start()
     try:
         if operator_settings.leader_election:
             elector = leader.LeaderElector(
@@ -201,6 +212,8 @@ async def serve(
     finally:
         if elector is not None:
             await elector.release()
+        if admission is not None:
+            await admission.stop()
         await client.close()
         if stop_watcher is not None:
             stop_watcher.cancel()
@@ -209,6 +222,50 @@ async def serve(
     if lost:
         logger.error("stopped leading: exiting so that this replica restarts as a standby")
     return lost
+
+
+class _AdmissionThread:
+    """The admission webhook's kopf in its own thread and event loop: two kopf operators in one
+    loop would take each other's tasks for hung ones at shutdown and share signal handlers. When
+    it ends by itself (a crash), the replica stops, so it never runs without serving admission."""
+
+    def __init__(
+        self,
+        operator_settings: settings.OperatorSettings,
+        connection: kube.ConnectionProvider,
+        stopping: asyncio.Event,
+        tweak: KopfTweak | None,
+        observer: webhooks.ReviewObserver | None,
+    ) -> None:
+        self._settings = operator_settings
+        self._connection = connection
+        self._stopping = stopping
+        self._tweak = tweak
+        self._observer = observer
+        self._stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._main, name="llmkeys-admission", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(
+                webhooks.serve(
+                    self._settings, self._connection, self._stop, tweak=self._tweak, observer=self._observer
+                )
+            )
+        except Exception:
+            logger.exception("the admission webhook failed")
+        finally:
+            if not self._stop.is_set():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: we are stopping anyway
+                    self._loop.call_soon_threadsafe(self._stopping.set)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 30)
 
 
 async def _hold(

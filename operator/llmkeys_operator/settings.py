@@ -44,6 +44,12 @@ class OperatorSettings:
     compile_debounce_s: float = 0.15
     #: Lower bound between two Kubernetes Events of the same reason on the same object.
     event_min_interval_s: float = 60.0
+    #: HTTPS port of the VirtualKey admission webhook, served by every replica (leader or not);
+    #: 0 disables it.
+    webhook_port: int = 0
+    #: Directory with the webhook's certificate: tls.crt, tls.key (and ca.crt), e.g. a mounted
+    #: cert-manager or chart-generated Secret; renewed files are picked up without a restart.
+    webhook_cert_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> OperatorSettings:
@@ -65,6 +71,8 @@ class OperatorSettings:
             raise ValueError("leader election needs 0 < retry period < renew deadline < lease duration")
         if self.usage_sync_interval_s <= 0:
             raise ValueError("LLMKEYS_USAGE_SYNC_INTERVAL_S must be positive")
+        if self.webhook_port and not self.webhook_cert_dir:
+            raise ValueError("LLMKEYS_WEBHOOK_PORT needs LLMKEYS_WEBHOOK_CERT_DIR (tls.crt and tls.key)")
 
     @property
     def served_namespaces(self) -> list[str]:

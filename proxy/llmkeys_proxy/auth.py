@@ -62,7 +62,8 @@ def authenticate(
     key_index: Mapping[str, config.KeyEntry], presented: str | None, now: datetime
 ) -> config.KeyEntry:
     """The KeyEntry of a valid presented key; raises ProxyError (401 invalid_api_key, 403
-    key_suspended / key_inactive / key_expired / key_policy_violation)."""
+    key_suspended / key_inactive / key_expired / key_policy_violation / key_pending_approval /
+    key_approval_denied)."""
     if not presented:
         raise invalid_key()
     parsed = keys.parse_key(presented)
@@ -93,4 +94,11 @@ def authenticate(
             raise errors.ProxyError("key_expired", f"This virtual key expired at {shown}.")
     if entry.policy_violation:
         raise errors.ProxyError("key_policy_violation", entry.policy_violation)
+    if entry.approval == "pending":
+        raise errors.ProxyError(
+            "key_pending_approval",
+            "This virtual key waits for approval (see its VirtualKey's Ready condition).",
+        )
+    if entry.approval == "denied":
+        raise errors.ProxyError("key_approval_denied", "This virtual key's approval was denied.")
     return entry

@@ -126,6 +126,9 @@ class KeyEntry(_Model):
     #: Set when the key breaks a policy: the proxy refuses it (403 key_policy_violation) with this
     #: message, which names the policy and field and never contains secret material.
     policy_violation: str | None = None
+    #: Set when an LLMPolicy requires approval and the key has none (pending: 403
+    #: key_pending_approval) or was denied (403 key_approval_denied): the key works only once approved.
+    approval: Literal["pending", "denied"] | None = None
     pools: tuple[str, ...] = ()
     on_limiter_unavailable: LimiterFailureMode = "Reject"
     month_usage_seed: UsageSeed | None = None

@@ -30,6 +30,10 @@ CODES: dict[str, ErrorCode] = {
         403, "permission_error", "the VirtualKey was unused past its LLMPolicy's inactivity.suspendAfter"
     ),
     "key_policy_violation": ErrorCode(403, "permission_error", "the VirtualKey breaks an LLMPolicy"),
+    "key_pending_approval": ErrorCode(
+        403, "permission_error", "an LLMPolicy requires approval and the VirtualKey has none (yet)"
+    ),
+    "key_approval_denied": ErrorCode(403, "permission_error", "an approver denied the VirtualKey"),
     "model_not_allowed": ErrorCode(403, "permission_error", "the key's allowlists do not admit the model"),
     "provider_not_allowed": ErrorCode(
         403, "permission_error", "the model is served only by credentials the key may not use"
