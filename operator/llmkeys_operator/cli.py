@@ -4,7 +4,8 @@ Subcommands: `operator` (control plane), `proxy` (data plane, config from Kubern
 directory), `serve` (standalone: manifests folder -> compiled config -> proxy, no cluster),
 `crds` (render crds/*.yaml from the API models), `demo` (the README's first command), `report`
 (answers from status; also installed as the kubectl plugin `kubectl-llmkeys`), `audit` (query and
-verify the file sink's trail), `portal` (the self-service web portal).
+verify the file sink's trail), `portal` (the self-service web portal), and the approvers'
+`approve`, `deny`, `pending` (as the user of the current kubeconfig).
 Each subcommand delegates to one module's `run(args)`; imports are lazy so `llmkeys crds` does not
 load aiohttp and the proxy does not load kopf.
 """
@@ -25,6 +26,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("llmkeys_operator.report", "usage, spend, limits, inactive and expiring keys from status"),
     "audit": ("llmkeys_operator.audit_cli", "query and verify the audit files of the file sink"),
     "portal": ("llmkeys_operator.portal.server", "the self-service web portal (OpenID Connect sign-in)"),
+    "approve": ("llmkeys_operator.approver", "approve a VirtualKey (as yourself, via your kubeconfig)"),
+    "deny": ("llmkeys_operator.approver", "deny a VirtualKey, with a reason"),
+    "pending": ("llmkeys_operator.approver", "list the VirtualKeys waiting for your approval"),
 }
 
 
