@@ -206,3 +206,8 @@ egress:
   {{- toYaml .Values.networkPolicy.egress | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The admission webhook's Service and certificate Secret (templates/webhook.yaml). */}}
+{{- define "llmkeys.webhook.serviceName" -}}{{ include "llmkeys.fullname" . }}-webhook{{- end -}}
+{{- define "llmkeys.webhook.secretName" -}}{{ include "llmkeys.fullname" . }}-webhook-tls{{- end -}}
+{{- define "llmkeys.webhook.certDir" -}}/etc/llmkeys/webhook-tls{{- end -}}
