@@ -22,7 +22,7 @@ from tests import proxy_harness
 from tests.fakes import tls
 
 from llmkeys_operator import api
-from llmkeys_proxy import kubesource, usage
+from llmkeys_proxy import kubesource, tokens
 
 NS = "team-a"
 MODEL = "mock-small"
@@ -134,7 +134,7 @@ async def test_pending_key_is_refused_until_approved_then_works_within_2s(
         await until_outcome(proxy.url, key, "key_pending_approval")
         # As `llmkeys proxy` does before it reports ready: the first counted request would otherwise
         # build the o200k encoding (~1 s here) inside the measured time.
-        await asyncio.to_thread(usage.preload_encodings, ("o200k_base",))
+        await asyncio.to_thread(tokens.preload_encodings, ("o200k_base",))
 
         # An approver approves: the webhook stamps it, the API server stores it; measure until it works.
         act = {**vk, "metadata": {**vk["metadata"]}}
