@@ -111,6 +111,7 @@ CONTRACTS = (
         importers=("llmkeys_operator.compile",),
         only=(
             "llmkeys_operator.api",
+            "llmkeys_operator.approvals",
             "llmkeys_operator.selectors",
             "llmkeys_operator.durations",
             "llmkeys_proxy.config",
@@ -201,6 +202,21 @@ CONTRACTS = (
         "the limiter backends know only the config contract and each other",
         importers=("llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),
         only=("llmkeys_proxy.config", "llmkeys_proxy.limits", "llmkeys_proxy.limits.*"),
+    ),
+    Contract(
+        "approval state is pure over the api models",
+        importers=("llmkeys_operator.approvals",),
+        only=("llmkeys_operator.api", "llmkeys_operator.durations"),
+    ),
+    Contract(
+        "the admission rules are pure: no kopf, no API client",
+        importers=("llmkeys_operator.admission",),
+        only=(
+            "llmkeys_operator.api",
+            "llmkeys_operator.approvals",
+            "llmkeys_operator.compile",
+            "llmkeys_proxy.config",
+        ),
     ),
 )
 
