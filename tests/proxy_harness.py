@@ -21,7 +21,7 @@ from aiohttp import web
 from tests.fakes import anthropic_server, bedrock_server, gemini_server, loopback
 
 from llmkeys_proxy import app as proxy_app
-from llmkeys_proxy import config, keys, server, settings, sources
+from llmkeys_proxy import config, identity, keys, server, settings, sources
 from llmkeys_proxy.limits import base as limits_base
 from llmkeys_proxy.limits import memory
 from llmkeys_proxy.state import STATE, ProxyState
@@ -117,12 +117,13 @@ async def run_proxy(
     source: sources.ConfigSource,
     limiter: limits_base.Limiter | None = None,
     proxy_settings: settings.ProxySettings | None = None,
+    verifier: identity.TokenVerifier | None = None,
 ) -> AsyncIterator[RunningProxy]:
     """The proxy app served by `server.serve_app` on a free port until the block ends."""
     proxy_settings = proxy_settings or settings.ProxySettings(
         config_dir="/nonexistent", upstream_timeout_s=30
     )
-    app = proxy_app.create_app(proxy_settings, source, limiter or memory.MemoryLimiter())
+    app = proxy_app.create_app(proxy_settings, source, limiter or memory.MemoryLimiter(), verifier=verifier)
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(

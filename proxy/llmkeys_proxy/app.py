@@ -24,6 +24,7 @@ from llmkeys_proxy import (
     auth,
     errors,
     headers,
+    identity,
     listener,
     metrics,
     pricing,
@@ -105,8 +106,12 @@ async def _list_models(request: web.Request) -> web.Response:
             raise errors.ProxyError(
                 "config_not_loaded", "The proxy has not loaded its configuration yet; retry shortly."
             )
-        key = auth.authenticate(
-            table.keys, auth.presented_key(request.headers, request.query), datetime.now(UTC)
+        key, _ = await auth.authenticate_any(
+            table.keys,
+            table.identities,
+            state.verifier,
+            auth.presented_key(request.headers, request.query),
+            datetime.now(UTC),
         )
         wanted = request.match_info.get("model")
         listed = table.models_for(key)
@@ -142,8 +147,10 @@ def create_app(
     limiter: limits_base.Limiter,
     *,
     prices: pricing.PriceTable | None = None,
+    verifier: identity.TokenVerifier | None = None,
 ) -> web.Application:
-    """The proxy application; serve it with `server.serve_app` (or any aiohttp runner)."""
+    """The proxy application; serve it with `server.serve_app` (or any aiohttp runner). Workload
+    tokens are verified by `verifier`, by default the one the settings' trusted issuers give."""
     redaction.install()
     proxy_metrics = metrics.ProxyMetrics()
     price_table = prices or pricing.PriceTable.shipped()
@@ -160,6 +167,7 @@ def create_app(
             audit_sinks.build_trail(proxy_settings, on_drop=proxy_metrics.count_audit_drop),
             proxy_settings.audit_content_max_bytes,
         ),
+        verifier=verifier if verifier is not None else identity.TokenVerifier.from_settings(proxy_settings),
     )
     app = web.Application(client_max_size=proxy_settings.max_body_bytes)
     app[STATE] = state
@@ -211,6 +219,8 @@ async def _refresh_budgets(state: ProxyState) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.settler.start()
+    if state.verifier is not None:
+        await state.verifier.start()
     state.source.subscribe(state.apply_config)
     await state.source.start()
     budgets = None
@@ -225,6 +235,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await budgets
         await state.source.stop()
+        if state.verifier is not None:
+            await state.verifier.close()
         await state.settler.close()
         await asyncio.to_thread(state.settler.trail.close)  # flush every audit sink
         await state.close_adapters()

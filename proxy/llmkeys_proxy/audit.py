@@ -3,11 +3,12 @@ key's audit level, written to the gateway's sinks (audit_sinks.py) (DESIGN.md 6.
 
 `AuditRecord` is built by the settlement step after the response finished, only for keys whose
 effective level is not `none`. Level `metadata` (the default) holds who (key id, namespace/name,
-owner), what (provider, model, api, status, code), how much (tokens, cost) and how long, never
-prompts, completions, keys or credentials. Level `content` adds the request and response bodies,
-cut at LLMKEYS_AUDIT_CONTENT_MAX_BYTES, with virtual keys, provider credentials and bearer tokens
-replaced by `[redacted]` (`content_text`). `LifecycleRecord` is what the operator writes for acts
-on keys (created, approved, rotated, ...): who, which fields changed, when; never secret values.
+owner, the workload identity of a token), what (provider, model, api, status, code), how much
+(tokens, cost) and how long, never prompts, completions, keys, tokens or credentials. Level
+`content` adds the request and response bodies, cut at LLMKEYS_AUDIT_CONTENT_MAX_BYTES, with virtual
+keys, provider credentials and bearer tokens replaced by `[redacted]` (`content_text`).
+`LifecycleRecord` is what the operator writes for acts on keys (created, approved, rotated, ...):
+who, which fields changed, when; never secret values.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class AuditRecord:
     namespace: str | None = None
     name: str | None = None
     owner: dict[str, str] | None = None
+    #: The workload identity (issuer, subject) that called with a token; None for the static key.
+    identity: dict[str, str] | None = None
     provider: str | None = None
     model: str | None = None
     upstream_model: str | None = None

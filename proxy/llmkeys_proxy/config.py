@@ -39,6 +39,10 @@ ProviderType = Literal[
 LimiterFailureMode = Literal["Reject", "Allow"]
 AuditLevel = Literal["none", "metadata", "content"]
 
+#: `Identity.issuer` naming the cluster's own ServiceAccount issuer, whatever URL the proxy discovers
+#: for it (the operator does not know the URL; the proxy does).
+KUBERNETES_ISSUER: Final = "kubernetes"
+
 
 def summarise_validation_error(exc: ValidationError, limit: int = 3) -> str:
     """Where and why a document is invalid, without the offending values: pydantic's own text
@@ -99,6 +103,18 @@ class UsageSeed(_Model):
     micro_usd: int = Field(default=0, ge=0)
 
 
+class Identity(_Model):
+    """A workload identity that may use a key by presenting a signed token (JWT) instead of the key.
+
+    The proxy accepts a token verified against a trusted issuer whose `iss` is `issuer` (or, for
+    `KUBERNETES_ISSUER`, the cluster's ServiceAccount issuer), whose `sub` equals `subject` exactly,
+    and whose top-level claims hold every `claims` entry as exactly that string."""
+
+    issuer: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    claims: dict[str, str] = Field(default_factory=dict)
+
+
 class KeyEntry(_Model):
     """Everything the proxy needs to authenticate, authorise and limit one virtual key."""
 
@@ -134,6 +150,9 @@ class KeyEntry(_Model):
     month_usage_seed: UsageSeed | None = None
     day_usage_seed: UsageSeed | None = None
     audit: KeyAudit = KeyAudit()
+    #: Workload identities that may use the key with a token. A keyless key has these and no `hashes`.
+    #: The compiler binds each (issuer, subject) to one key at most.
+    identities: tuple[Identity, ...] = ()
 
     def model_allowed(self, model: str) -> bool:
         """Every allowlist admits the model and no denied glob matches it."""

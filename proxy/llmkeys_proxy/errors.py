@@ -24,6 +24,34 @@ class ErrorCode:
 #: Stable error codes. Clients may branch on them; never rename one, only add.
 CODES: dict[str, ErrorCode] = {
     "invalid_api_key": ErrorCode(401, "invalid_request_error", "missing, malformed, unknown or revoked key"),
+    "token_invalid": ErrorCode(
+        401, "invalid_request_error", "a token (JWT) that does not parse or lacks iss, sub, aud, exp or iat"
+    ),
+    "token_algorithm_not_allowed": ErrorCode(
+        401, "invalid_request_error", "the token's alg is not RS256 or ES256 (none, HS256, ...)"
+    ),
+    "token_issuer_untrusted": ErrorCode(
+        401, "invalid_request_error", "the token's issuer is not trusted here"
+    ),
+    "token_unknown_kid": ErrorCode(
+        401, "invalid_request_error", "no key of the issuer's JWKS (refreshed) has the token's kid"
+    ),
+    "token_signature_invalid": ErrorCode(
+        401, "invalid_request_error", "the token's signature does not verify"
+    ),
+    "token_audience_invalid": ErrorCode(
+        401, "invalid_request_error", "the token is not for this gateway's audience"
+    ),
+    "token_expired": ErrorCode(401, "invalid_request_error", "the token's exp has passed (beyond the skew)"),
+    "token_not_yet_valid": ErrorCode(
+        401, "invalid_request_error", "the token's nbf or iat lies in the future (beyond the skew)"
+    ),
+    "token_not_bound": ErrorCode(
+        401, "invalid_request_error", "a valid token whose identity (and claims) no VirtualKey binds"
+    ),
+    "token_issuer_unavailable": ErrorCode(
+        503, "server_error", "the issuer's keys cannot be fetched and none are cached; retry"
+    ),
     "key_suspended": ErrorCode(403, "permission_error", "the VirtualKey is suspended"),
     "key_expired": ErrorCode(403, "permission_error", "the VirtualKey is past its expiry"),
     "key_inactive": ErrorCode(

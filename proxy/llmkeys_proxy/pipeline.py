@@ -158,11 +158,16 @@ async def _proxy(
         )
     presented = auth.presented_key(request.headers, request.query)
     try:
-        key = auth.authenticate(table.keys, presented, outcome.time)
+        key, token = await auth.authenticate_any(
+            table.keys, table.identities, state.verifier, presented, outcome.time
+        )
     except errors.ProxyError:
-        outcome.claimed_key_id, outcome.claimed_key = auth.claimed_key(table.keys, presented)
+        outcome.claimed_key_id, outcome.claimed_key = auth.claimed_key(
+            table.keys, presented, table.identities, state.verifier
+        )
         raise
     outcome.key = key
+    outcome.identity = token
     body = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
     if key.audit.level == "content":
         outcome.prompt_body = body
@@ -179,7 +184,10 @@ async def _proxy(
         # A reload landed while the body arrived: route by the new rules (the old snapshot's
         # adapters may be closing), and check the key against them too.
         table = current
-        key = outcome.key = auth.authenticate(table.keys, presented, outcome.time)
+        if token is not None:
+            key = outcome.key = auth.key_for_identity(table.identities, token, outcome.time)
+        else:
+            key = outcome.key = auth.authenticate(table.keys, presented, outcome.time)
     route = table.resolve(key, model, endpoint.api, endpoint.operation)
     outcome.provider = route.provider
     outcome.upstream_model = route.upstream_model

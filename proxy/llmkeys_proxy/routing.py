@@ -3,7 +3,8 @@
 Built by the app each time the config source publishes (`RoutingTable(config, adapters)`), then
 swapped in with one reference assignment; a request reads the reference once and uses that
 snapshot to the end, so a reload never changes the rules under a request in flight.
-Answers: which key has this id (auth.py), and which credential serves this model for this key.
+Answers: which key has this id or binds this identity (auth.py), and which credential serves this
+model for this key.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class RoutingTable:
     ) -> None:
         self.config = proxy_config
         self.keys: dict[str, config.KeyEntry] = {key.key_id: key for key in proxy_config.keys}
+        #: (issuer, subject) -> keys binding that workload identity (auth.key_for_identity).
+        identities: dict[tuple[str, str], list[tuple[config.KeyEntry, config.Identity]]] = {}
+        for key in proxy_config.keys:
+            for identity in key.identities:
+                identities.setdefault((identity.issuer, identity.subject), []).append((key, identity))
+        self.identities = {ref: tuple(bindings) for ref, bindings in identities.items()}
         self.providers: dict[str, config.ProviderEntry] = {p.id: p for p in proxy_config.providers}
         self.adapters = dict(adapters)
         #: Azure deployment name -> model name (the AzureOpenAI SDK puts deployments in the path).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -85,6 +86,25 @@ class ProxySettings:
     #: Seconds between reads of the month usage of capped keys and pools for the remaining-budget
     #: gauges on /metrics (0: no such gauges).
     budget_metrics_interval_s: float = 30.0
+    #: The cluster's ServiceAccount issuer (keyless keys' `serviceAccount` identities): `auto` (the
+    #: cluster the proxy runs in, if any: discovery and JWKS from its API server with the pod's CA
+    #: and token), `off`, or the API server's base URL.
+    kubernetes_issuer: str = "auto"
+    #: External OIDC issuers whose tokens are accepted (comma list of issuer URLs, e.g.
+    #: https://token.actions.githubusercontent.com): discovery at <issuer>/.well-known/openid-configuration.
+    trusted_issuers: tuple[str, ...] = ()
+    #: Extra CA bundle (PEM) for fetching external issuers' discovery documents and JWKS.
+    issuer_ca_file: str | None = None
+    #: The `aud` every token must carry.
+    token_audience: str = "llmkeys"  # noqa: S105  (an audience name, not a secret)
+    #: Clock skew allowed on exp, nbf and iat.
+    token_clock_skew_s: float = 30.0
+    #: How often each issuer's JWKS is refreshed in the background.
+    jwks_refresh_interval_s: float = 300.0
+    #: Least time between two fetches of one issuer's JWKS (an unknown kid triggers one at most this often).
+    jwks_min_refresh_interval_s: float = 10.0
+    #: How long a JWKS stays usable while its issuer cannot be reached.
+    jwks_max_stale_s: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ProxySettings:
@@ -119,6 +139,7 @@ class ProxySettings:
                 "LLMKEYS_TLS_CERT_FILE and LLMKEYS_TLS_KEY_FILE go together: set both (TLS) or neither"
             )
         check_redis_url(self.redis_url)
+        check_issuers(self)
         check_audit(self)
 
 
@@ -150,6 +171,39 @@ def read_env(
             values[field.name] = _convert(field.name, str(field.type), raw)
     values.update({name: value for name, value in overrides.items() if value is not None})
     return values
+
+
+def check_issuers(proxy_settings: ProxySettings) -> None:
+    """Issuer URLs are https (plain http only on loopback, for tests and local issuers); the
+    token settings are sane."""
+    kubernetes = proxy_settings.kubernetes_issuer
+    if kubernetes not in ("auto", "off") and not is_secure_url(kubernetes):
+        raise ValueError(
+            "LLMKEYS_KUBERNETES_ISSUER must be auto, off or an https:// URL (http:// only on loopback)"
+        )
+    for issuer in proxy_settings.trusted_issuers:
+        if not is_secure_url(issuer):
+            raise ValueError(
+                "LLMKEYS_TRUSTED_ISSUERS entries must be https:// URLs (http:// only on loopback)"
+            )
+    if not proxy_settings.token_audience:
+        raise ValueError("LLMKEYS_TOKEN_AUDIENCE must not be empty")
+    if not 0 <= proxy_settings.token_clock_skew_s <= 300:
+        raise ValueError("LLMKEYS_TOKEN_CLOCK_SKEW_S must be between 0 and 300")
+    if proxy_settings.jwks_min_refresh_interval_s < 0 or proxy_settings.jwks_refresh_interval_s <= 0:
+        raise ValueError(
+            "LLMKEYS_JWKS_REFRESH_INTERVAL_S must be positive and "
+            "LLMKEYS_JWKS_MIN_REFRESH_INTERVAL_S not negative"
+        )
+
+
+def is_secure_url(url: str) -> bool:
+    """https with a host, or http on a loopback address (tests, a local issuer)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        return bool(host)
+    return parts.scheme == "http" and (host in ("::1", "localhost") or host.startswith("127."))
 
 
 def check_redis_url(url: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from llmkeys_proxy import audit, audit_sinks, config, errors, metrics, pricing, tokens
+from llmkeys_proxy import audit, audit_sinks, config, errors, identity, metrics, pricing, tokens
 from llmkeys_proxy.limits import base as limits_base
 
 logger = logging.getLogger("llmkeys.proxy.settlement")
@@ -34,6 +34,8 @@ class Outcome:
     #: "ok", a stable error code of errors.CODES, or "upstream_<status>" for a passed-through error.
     code: str = "ok"
     key: config.KeyEntry | None = None
+    #: The verified workload token the key was used with (None: the static key).
+    identity: identity.VerifiedToken | None = None
     provider: config.ProviderEntry | None = None
     model: str | None = None
     upstream_model: str | None = None
@@ -308,6 +310,11 @@ class Settler:
             namespace=key.namespace if key is not None else None,
             name=key.name if key is not None else None,
             owner=key.owner if key is not None else None,
+            identity=(
+                {"issuer": outcome.identity.issuer, "subject": outcome.identity.subject}
+                if outcome.identity is not None
+                else None
+            ),
             provider=provider_id or None,
             model=outcome.model,
             upstream_model=outcome.upstream_model,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from llmkeys_proxy import (
     config,
+    identity,
     metrics,
     pricing,
     providers,
@@ -43,6 +44,8 @@ class ProxyState:
     table: routing.RoutingTable | None = None
     #: The config `table` was built from (the budget gauges read its capped keys and pools).
     loaded_config: config.ProxyConfig | None = None
+    #: Verifies workload identity tokens; None when no issuer is trusted.
+    verifier: identity.TokenVerifier | None = None
     adapters: dict[str, providers_base.ProviderAdapter] = dataclasses.field(default_factory=dict)
     #: Replaced adapters still serving requests; closed when their last request ends.
     retiring: set[providers_base.ProviderAdapter] = dataclasses.field(default_factory=set)
