@@ -644,6 +644,21 @@ class EffectiveAudit(ApiModel):
     """Days the file sink keeps the records (unset: the gateway's default)."""
 
 
+IssuerUrl = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
+
+
+class KeylessPolicy(ApiModel):
+    """Workload identities of the keys a policy selects: keyless required, issuers restricted."""
+
+    required: bool = False
+    """Selected keys must set staticKey: false (tokens only, no static key to leak)."""
+    allowed_issuers: list[IssuerUrl] | None = Field(
+        default=None, max_length=LIST_MAX, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """External OIDC issuers selected keys may name in spec.identities; absent: any the gateway
+    trusts; empty: none (ServiceAccounts of the key's namespace only)."""
+
+
 class LLMPolicySpec(ApiModel):
     """Guardrails for the keys a policy selects. Every selecting policy applies."""
 
@@ -698,6 +713,8 @@ class LLMPolicySpec(ApiModel):
 
     audit: PolicyAudit | None = None
     """What is recorded for each request of selected keys, where it goes and for how long."""
+    keyless: KeylessPolicy | None = None
+    """Whether selected keys must be keyless, and which token issuers they may name."""
 
 
 class AlertState(ApiModel):
@@ -791,6 +808,45 @@ class Owner(ApiModel):
 _OWNER_ATTRS = {"costCenter": "cost_center"} | {name: name for name in OWNER_FIELDS if name != "costCenter"}
 
 
+class WorkloadIdentity(ApiModel):
+    """A workload that may use the key by presenting its own signed token instead of the static key:
+    a ServiceAccount of the key's namespace, or an external OIDC subject."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.serviceAccount) != (has(self.issuer) && has(self.subject))",
+            message="set either serviceAccount, or issuer and subject",
+            holds=lambda s: (
+                (s.service_account is not None) != (s.issuer is not None and s.subject is not None)
+            ),
+        ),
+        CelRule(
+            rule="!has(self.serviceAccount) || "
+            "(!has(self.issuer) && !has(self.subject) && !has(self.claims))",
+            message="serviceAccount takes no issuer, subject or claims",
+            holds=lambda s: (
+                s.service_account is None or (s.issuer is None and s.subject is None and not s.claims)
+            ),
+        ),
+    )
+
+    service_account: str | None = Field(
+        default=None, min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """A ServiceAccount of this key's own namespace (tokens of the cluster's ServiceAccount issuer
+    with subject system:serviceaccount:<namespace>:<name>)."""
+    issuer: IssuerUrl | None = None
+    """An external OIDC issuer the gateway trusts, exactly as tokens carry it in iss, e.g.
+    https://token.actions.githubusercontent.com."""
+    subject: str | None = Field(default=None, min_length=1, max_length=1024)
+    """The token's sub, matched exactly, e.g. repo:ORG/REPO:ref:refs/heads/main."""
+    claims: dict[
+        Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=16)
+    """Further top-level claims the token must carry with exactly these string values, e.g.
+    repository, ref or workflow."""
+
+
 class VirtualKeySpec(ApiModel):
     """Desired state of a virtual key."""
 
@@ -799,6 +855,12 @@ class VirtualKeySpec(ApiModel):
             rule="!(has(self.expiresAt) && has(self.ttl))",
             message="expiresAt and ttl are mutually exclusive: set one",
             holds=lambda s: s.expires_at is None or s.ttl is None,
+        ),
+        CelRule(
+            rule="!has(self.staticKey) || self.staticKey || "
+            "(has(self.identities) && size(self.identities) > 0)",
+            message="staticKey: false needs at least one entry in identities",
+            holds=lambda s: s.static_key or bool(s.identities),
         ),
     )
 
@@ -831,6 +893,12 @@ class VirtualKeySpec(ApiModel):
     rotations and to on-demand ones (annotation llmkeys.io/rotate), so it may be set alone."""
     audit: KeyAudit | None = None
     """The key's audit level, extra sinks and retention, within what its policies allow."""
+    identities: list[WorkloadIdentity] = Field(default_factory=list, max_length=32)
+    """Workloads that may use the key with their own token (ServiceAccount or OIDC), with the same
+    limits, allowlists, usage and audit as the static key."""
+    static_key: bool = True
+    """Issue a static key into the Secret. false: keyless, only the identities' tokens work and the
+    Secret carries the base URLs and key id, no secret."""
 
 
 class EffectiveLimits(ApiModel):

@@ -21,6 +21,12 @@ Rules (DESIGN.md sections 3 and 11):
   and the proxy refuses it (403 key_pending_approval / key_approval_denied).
 - Every key with an issued secret is emitted, also when suspended, expired or violating (the proxy
   then answers 403 with the precise code); keys not issued yet are Pending and not emitted.
+- Workload identities: `serviceAccount: NAME` becomes the cluster issuer's subject
+  `system:serviceaccount:<the key's namespace>:NAME` (never another namespace's); an external
+  identity keeps its issuer, subject and required claims. One (issuer, subject) is bound to one key:
+  the oldest key naming it (then namespace/name) keeps it, the others' Ready message says it is
+  ignored. A keyless key (`staticKey: false`) is emitted without secret hashes. LLMPolicy `keyless`
+  can require keyless keys and restrict the external issuers keys may name (violations).
 Output is sorted so the stored config only changes when its content does.
 """
 
@@ -228,6 +234,7 @@ def compile_proxy_config(
     pool_members: dict[tuple[str, str, str], None] = {}
     key_entries: list[config.KeyEntry] = []
     key_outcomes: dict[tuple[str, str], KeyOutcome] = {}
+    bound = _identity_owners(virtual_keys)
     for virtual_key in sorted(virtual_keys, key=_key_ref):
         ref = _key_ref(virtual_key)
         namespace_labels_of_key = selectors.namespace_labels_of(ref[0], namespace_labels)
@@ -235,7 +242,15 @@ def compile_proxy_config(
         for policy in applying:
             selected[policy.metadata.name].append(f"{ref[0]}/{ref[1]}")
         compiled = _compile_key(
-            virtual_key, ref, applying, providers, issued.get(ref), now, gateway_namespace, manifest_approvals
+            virtual_key,
+            ref,
+            applying,
+            providers,
+            issued.get(ref),
+            now,
+            gateway_namespace,
+            bound,
+            manifest_approvals,
         )
         key_outcomes[ref] = compiled.outcome
         if compiled.entry is not None:
@@ -282,6 +297,7 @@ def policy_violations(
     limits = _merge_limits(virtual_key.spec.limits, policies, violations)
     _check_owner(virtual_key.spec.owner, policies, violations)
     expires_at = _resolve_expiry(virtual_key.spec, policies, start, violations)
+    _check_identities(virtual_key.spec, policies, violations)
     return limits, expires_at, violations
 
 
@@ -406,6 +422,54 @@ def _key_ref(virtual_key: api.VirtualKey) -> tuple[str, str]:
     return (virtual_key.metadata.namespace or DEFAULT_NAMESPACE, virtual_key.metadata.name)
 
 
+def workload_identities(spec: api.VirtualKeySpec, namespace: str) -> list[config.Identity]:
+    """The config identities of a key's spec.identities (ServiceAccounts of `namespace` only)."""
+    found = []
+    for identity in spec.identities:
+        if identity.service_account is not None:
+            subject = f"system:serviceaccount:{namespace}:{identity.service_account}"
+            found.append(config.Identity(issuer=config.KUBERNETES_ISSUER, subject=subject))
+        elif identity.issuer is not None and identity.subject is not None:
+            claims = dict(sorted(identity.claims.items()))
+            found.append(config.Identity(issuer=identity.issuer, subject=identity.subject, claims=claims))
+    return found
+
+
+def _identity_owners(virtual_keys: Sequence[api.VirtualKey]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(issuer, subject) -> the key that keeps it: the oldest naming it, then by namespace/name."""
+    epoch = datetime.min.replace(tzinfo=UTC)
+
+    def age(virtual_key: api.VirtualKey) -> tuple[datetime, tuple[str, str]]:
+        created = virtual_key.metadata.creation_timestamp
+        return (created.astimezone(UTC) if created is not None else epoch, _key_ref(virtual_key))
+
+    owners: dict[tuple[str, str], tuple[str, str]] = {}
+    for virtual_key in sorted(virtual_keys, key=age):
+        ref = _key_ref(virtual_key)
+        for identity in workload_identities(virtual_key.spec, ref[0]):
+            owners.setdefault((identity.issuer, identity.subject), ref)
+    return owners
+
+
+def _check_identities(
+    spec: api.VirtualKeySpec, policies: Sequence[api.LLMPolicy], violations: list[str]
+) -> None:
+    for policy in policies:
+        keyless = policy.spec.keyless
+        if keyless is None:
+            continue
+        name = policy.metadata.name
+        if keyless.required and spec.static_key:
+            violations.append(f'staticKey must be false: LLMPolicy "{name}" requires keyless keys')
+        if keyless.allowed_issuers is None:
+            continue
+        for index, identity in enumerate(spec.identities):
+            if identity.issuer is not None and identity.issuer not in keyless.allowed_issuers:
+                violations.append(
+                    f'identities[{index}].issuer "{identity.issuer}" is not allowed by LLMPolicy "{name}"'
+                )
+
+
 def _compile_key(
     virtual_key: api.VirtualKey,
     ref: tuple[str, str],
@@ -414,11 +478,21 @@ def _compile_key(
     issued: IssuedKey | None,
     now: datetime,
     gateway_namespace: str,
+    bound: Mapping[tuple[str, str], tuple[str, str]],
     manifest_approvals: bool = False,
 ) -> _CompiledKey:
     spec = virtual_key.spec
     policy_names = [p.metadata.name for p in policies]
     notes: list[str] = []
+    identities: list[config.Identity] = []
+    ignored: list[str] = []
+    for identity in workload_identities(spec, ref[0]):
+        owner = bound.get((identity.issuer, identity.subject), ref)
+        if owner == ref:
+            identities.append(identity)
+            continue
+        where = f"VirtualKey {owner[1]}" if owner[0] == ref[0] else "a VirtualKey of another namespace"
+        ignored.append(f"identity {identity.subject} ({identity.issuer}) is bound to {where}; ignored here")
 
     start = key_start(virtual_key, issued, now)
     limits, expires_at, violations = policy_violations(virtual_key, policies, start)
@@ -499,6 +573,10 @@ def _compile_key(
         unserved = _unserved_wishes(spec, usable)
         if unserved:
             message += f"; not served by any usable credential: {', '.join(unserved)}"
+        if not spec.static_key:
+            message += "; keyless (tokens of its identities only)"
+        for note in ignored:
+            message += f"; {note}"
 
     if violation is not None:
         compliant = ConditionContent("PolicyCompliant", "False", "PolicyViolation", violation)
@@ -528,7 +606,8 @@ def _compile_key(
     usage = virtual_key.status.usage if virtual_key.status is not None else None
     entry = config.KeyEntry(
         key_id=issued.key_id,
-        hashes=issued.hashes,
+        # Keyless: no static key works, whatever a Secret still holds while it is being emptied.
+        hashes=issued.hashes if spec.static_key else (),
         namespace=ref[0],
         name=ref[1],
         owner=spec.owner.as_dict(),
@@ -547,6 +626,7 @@ def _compile_key(
         month_usage_seed=_usage_seed(usage.month if usage else None, "%Y-%m"),
         day_usage_seed=_usage_seed(usage.day if usage else None, "%Y-%m-%d"),
         audit=config.KeyAudit(level=audit.level, sinks=tuple(audit.sinks), retain_days=audit.retain_days),
+        identities=tuple(identities),
     )
     return _CompiledKey(entry=entry, outcome=outcome, pools=tuple(pools))
 

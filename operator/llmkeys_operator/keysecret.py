@@ -6,6 +6,9 @@ official SDK. Rotation state rides along in the Secret's annotations: when the k
 SHA-256 of the previous key and until when it stays valid (never the previous plaintext), and the
 last `llmkeys.io/rotate` token handled.
 
+A keyless VirtualKey (`spec.staticKey: false`) gets a Secret without any secret: its key id, the
+base URLs and `LLMKEYS_AUTH=workload-token` (the workload presents its own token instead).
+
 Deleting the Secret destroys the key material: the operator then issues a new key (same public
 key id, so usage counters continue) and the old key stops working. That is the honest outcome: the
 old plaintext is unknown to the operator by design.
@@ -46,32 +49,58 @@ ANNOTATION_ROTATE_HANDLED = "llmkeys.io/rotate-handled"
 ANNOTATION_ROTATE = "llmkeys.io/rotate"
 
 DEFAULT_GRACE = timedelta(hours=1)
+#: The audience workloads ask their tokens for (the proxy's LLMKEYS_TOKEN_AUDIENCE default).
+DEFAULT_AUDIENCE = "llmkeys"
+
+
+#: `LLMKEYS_AUTH` in the Secret of a keyless key: present a workload token, there is no key.
+AUTH_WORKLOAD_TOKEN = "workload-token"  # noqa: S105  (a mode name, not a secret)
+#: Entries that carry the static key (removed from the Secret when a key becomes keyless).
+STATIC_KEY_ENTRIES = (
+    API_KEY,
+    "LLMKEYS_API_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "AWS_BEARER_TOKEN_BEDROCK",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeyMaterial:
-    """The current key of a VirtualKey and its rotation bookkeeping."""
+    """The current key of a VirtualKey (None when keyless: only its id) and its rotation bookkeeping."""
 
-    key: str = dataclasses.field(repr=False)
+    key: str | None = dataclasses.field(repr=False)
     issued_at: datetime
     previous_sha256: str | None = None
     previous_valid_until: datetime | None = None
     rotate_token: str | None = None
+    #: The public id of a keyless key (a static key carries its own).
+    keyless_id: str | None = None
 
     @property
     def key_id(self) -> str:
+        if self.key is None:
+            assert self.keyless_id is not None  # keyless material is built with its id
+            return self.keyless_id
         parsed = keys.parse_key(self.key)
         assert parsed is not None  # KeyMaterial is only built from valid keys
         return parsed.key_id
 
     @property
-    def secret_sha256(self) -> str:
+    def secret_sha256(self) -> str | None:
+        if self.key is None:
+            return None
         parsed = keys.parse_key(self.key)
         assert parsed is not None
         return keys.hash_secret(parsed.secret)
 
     def hashes(self, now: datetime) -> tuple[config.SecretHash, ...]:
         """What the proxy may accept: the current key, plus the previous one until its grace ends."""
+        if self.secret_sha256 is None:
+            return ()
         current = config.SecretHash(sha256=self.secret_sha256)
         if (
             self.previous_sha256
@@ -89,8 +118,18 @@ def secret_name(vk: api.VirtualKey) -> str:
     return vk.spec.secret_name or f"{vk.metadata.name}{SECRET_NAME_SUFFIX}"
 
 
-def issue(now: datetime, key_id: str | None = None, rotate_token: str | None = None) -> KeyMaterial:
-    """A brand-new key (keeping `key_id` when given, so usage history stays attached)."""
+def issue(
+    now: datetime, key_id: str | None = None, rotate_token: str | None = None, *, static: bool = True
+) -> KeyMaterial:
+    """A brand-new key (keeping `key_id` when given, so usage history stays attached); with
+    `static=False` only a key id (a keyless key)."""
+    if not static:
+        return KeyMaterial(
+            key=None,
+            issued_at=_whole_seconds(now),
+            rotate_token=rotate_token,
+            keyless_id=key_id or keys.generate_key_id(),
+        )
     return KeyMaterial(
         key=keys.generate_key(key_id), issued_at=_whole_seconds(now), rotate_token=rotate_token
     )
@@ -118,6 +157,8 @@ def requested_rotate_token(vk: api.VirtualKey) -> str | None:
 
 def rotation_due(vk: api.VirtualKey, material: KeyMaterial, now: datetime) -> str | None:
     """Why the key must rotate now ("requested" or "interval"), or None."""
+    if material.key is None:
+        return None  # keyless: no secret to rotate
     token = requested_rotate_token(vk)
     if token is not None and token != material.rotate_token:
         return "requested"
@@ -160,6 +201,29 @@ def env_entries(key: str, proxy_url: str) -> dict[str, str]:
     }
 
 
+def keyless_env_entries(key_id: str, proxy_url: str, audience: str) -> dict[str, str]:
+    """The Secret of a keyless key: where the proxy is and how to call it, and no secret at all."""
+    base = proxy_url.rstrip("/")
+    return {
+        "LLMKEYS_KEY_ID": key_id,
+        "LLMKEYS_BASE_URL": base,
+        "LLMKEYS_AUTH": AUTH_WORKLOAD_TOKEN,
+        "LLMKEYS_TOKEN_AUDIENCE": audience,
+        "OPENAI_BASE_URL": f"{base}/v1",
+        "ANTHROPIC_BASE_URL": base,
+        "AZURE_OPENAI_ENDPOINT": base,
+        "GOOGLE_GEMINI_BASE_URL": base,
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": base,
+    }
+
+
+def secret_entries(material: KeyMaterial, proxy_url: str, audience: str) -> dict[str, str]:
+    """What the key Secret (or the standalone env file) of `material` holds."""
+    if material.key is None:
+        return keyless_env_entries(material.key_id, proxy_url, audience)
+    return env_entries(material.key, proxy_url)
+
+
 def labels(vk: api.VirtualKey, key_id: str) -> dict[str, str]:
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -192,7 +256,9 @@ def _annotations(material: KeyMaterial) -> dict[str, str | None]:
     }
 
 
-def build_key_secret(vk: api.VirtualKey, material: KeyMaterial, proxy_url: str) -> dict[str, Any]:
+def build_key_secret(
+    vk: api.VirtualKey, material: KeyMaterial, proxy_url: str, audience: str = DEFAULT_AUDIENCE
+) -> dict[str, Any]:
     """The complete key Secret body for `vk` holding `material`."""
     annotations = {name: value for name, value in _annotations(material).items() if value is not None}
     return {
@@ -206,20 +272,29 @@ def build_key_secret(vk: api.VirtualKey, material: KeyMaterial, proxy_url: str) 
             "annotations": annotations,
             "ownerReferences": [owner_reference(vk)],
         },
-        "data": {name: _b64(value) for name, value in env_entries(material.key, proxy_url).items()},
+        "data": {name: _b64(value) for name, value in secret_entries(material, proxy_url, audience).items()},
     }
 
 
 def repair_patch(
-    existing: Mapping[str, Any], vk: api.VirtualKey, material: KeyMaterial, proxy_url: str
+    existing: Mapping[str, Any],
+    vk: api.VirtualKey,
+    material: KeyMaterial,
+    proxy_url: str,
+    audience: str = DEFAULT_AUDIENCE,
 ) -> dict[str, Any] | None:
     """A merge patch bringing our fields of `existing` back to what `material` needs, or None when
-    nothing we own differs. Data keys and labels a user added are left alone."""
-    desired = build_key_secret(vk, material, proxy_url)
+    nothing we own differs. Data keys and labels a user added are left alone; a keyless key's
+    Secret loses every entry that carried the static key."""
+    desired = build_key_secret(vk, material, proxy_url, audience)
     meta = existing.get("metadata") or {}
     patch: dict[str, Any] = {}
     data = existing.get("data") or {}
-    data_patch = {k: v for k, v in desired["data"].items() if data.get(k) != v}
+    data_patch: dict[str, Any] = {k: v for k, v in desired["data"].items() if data.get(k) != v}
+    if material.key is None:
+        data_patch.update({k: None for k in STATIC_KEY_ENTRIES if k in data})
+    elif "LLMKEYS_AUTH" in data:
+        data_patch["LLMKEYS_AUTH"] = None
     if data_patch:
         patch["data"] = data_patch
     current_labels = meta.get("labels") or {}
@@ -242,8 +317,16 @@ def read_key_secret(body: Mapping[str, Any]) -> KeyMaterial | None:
     """The key material in a Secret body; None when `api-key` is missing or not a valid key."""
     data = body.get("data") or {}
     key = _unb64(data.get(API_KEY))
+    keyless_id = None
     if key is None or keys.parse_key(key) is None:
-        return None
+        key_id = _unb64(data.get("LLMKEYS_KEY_ID"))
+        if (
+            _unb64(data.get("LLMKEYS_AUTH")) != AUTH_WORKLOAD_TOKEN
+            or key_id is None
+            or not keys.is_key_id(key_id)
+        ):
+            return None
+        key, keyless_id = None, key_id
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     issued_at = _parse_time(annotations.get(ANNOTATION_ISSUED_AT))
     if issued_at is None:
@@ -258,6 +341,7 @@ def read_key_secret(body: Mapping[str, Any]) -> KeyMaterial | None:
         previous_sha256=previous,
         previous_valid_until=_parse_time(annotations.get(ANNOTATION_PREVIOUS_VALID_UNTIL)),
         rotate_token=annotations.get(ANNOTATION_ROTATE_HANDLED) or None,
+        keyless_id=keyless_id,
     )
 
 

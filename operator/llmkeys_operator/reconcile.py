@@ -336,9 +336,11 @@ async def _reconcile_key_secret_locked(
     known_key_id = status_key_id if status_key_id and keys.is_key_id(status_key_id) else None
     for _attempt in range(3):
         existing = await ctx.kube.get(kube.SECRETS, namespace, name)
+        static = vk.spec.static_key
+        audience = ctx.settings.token_audience
         if existing is None:
-            material = keysecret.issue(now, known_key_id, keysecret.requested_rotate_token(vk))
-            body = keysecret.build_key_secret(vk, material, ctx.settings.proxy_url)
+            material = keysecret.issue(now, known_key_id, keysecret.requested_rotate_token(vk), static=static)
+            body = keysecret.build_key_secret(vk, material, ctx.settings.proxy_url, audience)
             created = await ctx.kube.create(kube.SECRETS, namespace, body)
             if created is None:
                 continue  # created meanwhile (by a user or a peer): look at it again
@@ -372,11 +374,23 @@ async def _reconcile_key_secret_locked(
         found = keysecret.read_key_secret(existing)
         event: tuple[str, str, str] | None = None
         if found is None or (known_key_id is not None and found.key_id != known_key_id):
-            material = keysecret.issue(now, known_key_id, keysecret.requested_rotate_token(vk))
+            material = keysecret.issue(now, known_key_id, keysecret.requested_rotate_token(vk), static=static)
             event = (
                 "Warning",
                 "KeyReissued",
                 f'Secret "{name}" held no valid key of this VirtualKey: a new key was issued',
+            )
+        elif static != (found.key is not None):
+            # staticKey changed: issue a static key under the same id, or take it out of the Secret.
+            material = keysecret.issue(now, found.key_id, found.rotate_token, static=static)
+            event = (
+                ("Normal", "KeyIssued", f'a static key was issued into Secret "{name}"')
+                if static
+                else (
+                    "Normal",
+                    "StaticKeyRemoved",
+                    f'keyless: the static key was removed from Secret "{name}"',
+                )
             )
         else:
             material = found
@@ -391,7 +405,7 @@ async def _reconcile_key_secret_locked(
                     f"key rotated ({'on request' if due == 'requested' else 'rotationInterval'}); "
                     f"the previous key stays valid for {int(grace.total_seconds())}s",
                 )
-        patch = keysecret.repair_patch(existing, vk, material, ctx.settings.proxy_url)
+        patch = keysecret.repair_patch(existing, vk, material, ctx.settings.proxy_url, audience)
         if patch is None:
             return
         patched = await ctx.kube.patch(kube.SECRETS, namespace, name, patch)
@@ -499,10 +513,12 @@ def issued_key_from(
     secret: IndexedKeySecret | None, vk_uid: str | None, now: datetime
 ) -> compile.IssuedKey | None:
     """The key the proxy should accept for a VirtualKey, from its (owned, valid) Secret."""
-    if secret is None or secret.key_id is None or secret.secret_sha256 is None or secret.issued_at is None:
+    if secret is None or secret.key_id is None or secret.issued_at is None:
         return None
     if vk_uid is None or secret.owner_uid != vk_uid:
         return None
+    if secret.secret_sha256 is None:  # keyless: the key id only
+        return compile.IssuedKey(key_id=secret.key_id, hashes=(), issued_at=secret.issued_at)
     hashes = [config.SecretHash(sha256=secret.secret_sha256)]
     if (
         secret.previous_sha256
@@ -700,6 +716,13 @@ def key_status(
         ready = compile.ConditionContent("Ready", "False", "SecretConflict", conflict)
     if conflict is not None:
         secret_condition = compile.ConditionContent("SecretReady", "False", "SecretConflict", conflict)
+    elif issued is not None and not issued.hashes:
+        secret_condition = compile.ConditionContent(
+            "SecretReady",
+            "True",
+            "Issued",
+            f'keyless key {issued.key_id}: Secret "{secret_name}" holds its base URLs, no secret',
+        )
     elif issued is not None:
         secret_condition = compile.ConditionContent(
             "SecretReady", "True", "Issued", f'key {issued.key_id} is in Secret "{secret_name}"'

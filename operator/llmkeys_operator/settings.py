@@ -50,6 +50,8 @@ class OperatorSettings:
     #: Directory with the webhook's certificate: tls.crt, tls.key (and ca.crt), e.g. a mounted
     #: cert-manager or chart-generated Secret; renewed files are picked up without a restart.
     webhook_cert_dir: str | None = None
+    #: The token audience the proxy requires, written into keyless keys' Secrets.
+    token_audience: str = "llmkeys"  # noqa: S105  (an audience name, not a secret)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> OperatorSettings:

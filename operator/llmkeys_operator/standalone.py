@@ -246,34 +246,46 @@ class StateDir:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def read_key(self, namespace: str, name: str) -> tuple[str, datetime] | None:
-        """The stored key and its issue time, or None when none was issued (or the file is damaged)."""
+    def read_key(self, namespace: str, name: str) -> keysecret.KeyMaterial | None:
+        """The stored key (or keyless key id) and its issue time, or None when none was issued (or
+        the file is damaged)."""
         path = self.env_path(namespace, name)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        key: str | None = None
+        values: dict[str, str] = {}
         issued_at: datetime | None = None
         for line in text.splitlines():
             if line.startswith(_ISSUED_AT_PREFIX):
                 with contextlib.suppress(ValueError):
                     issued_at = datetime.fromisoformat(line[len(_ISSUED_AT_PREFIX) :].strip())
-            elif line.startswith("LLMKEYS_API_KEY="):
-                key = line.split("=", 1)[1].strip()
-        if key is None or keys.parse_key(key) is None:
-            logger.warning("state file %s holds no valid key; issuing a new one", path)
-            return None
-        return key, issued_at or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            elif "=" in line and not line.startswith("#"):
+                env, value = line.split("=", 1)
+                values[env] = value.strip()
+        issued_at = issued_at or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        key = values.get("LLMKEYS_API_KEY")
+        if key is not None and keys.parse_key(key) is not None:
+            return keysecret.KeyMaterial(key=key, issued_at=issued_at)
+        key_id = values.get("LLMKEYS_KEY_ID", "")
+        if values.get("LLMKEYS_AUTH") == keysecret.AUTH_WORKLOAD_TOKEN and keys.is_key_id(key_id):
+            return keysecret.KeyMaterial(key=None, issued_at=issued_at, keyless_id=key_id)
+        logger.warning("state file %s holds no valid key; issuing a new one", path)
+        return None
 
-    def write_key(self, namespace: str, name: str, key: str, issued_at: datetime, proxy_url: str) -> None:
+    def write_key(self, namespace: str, name: str, material: keysecret.KeyMaterial, proxy_url: str) -> None:
         path = self.env_path(namespace, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        entries = keysecret.env_entries(key, proxy_url)
+        entries = keysecret.secret_entries(material, proxy_url, keysecret.DEFAULT_AUDIENCE)
+        what = (
+            "virtual key for VirtualKey {}/{} (standalone mode). Keep it secret."
+            if material.key is not None
+            else "keyless VirtualKey {}/{} (standalone mode): no secret here, present a workload token."
+        )
         lines = [
-            f"# llmkeys virtual key for VirtualKey {namespace}/{name} (standalone mode). Keep it secret.",
-            f"{_ISSUED_AT_PREFIX}{issued_at.isoformat()}",
+            "# llmkeys " + what.format(namespace, name),
+            f"{_ISSUED_AT_PREFIX}{material.issued_at.isoformat()}",
         ]
         lines += [f"{env}={value}" for env, value in entries.items() if env != keysecret.API_KEY]
         tmp = path.with_suffix(".env.tmp")
@@ -286,7 +298,8 @@ class StateDir:
         self, virtual_keys: list[api.VirtualKey], proxy_url: str, now: datetime
     ) -> tuple[dict[tuple[str, str], compile.IssuedKey], list[tuple[str, str]]]:
         """Issue a key for every VirtualKey that has none yet; return all issued keys and the new ones.
-        Existing keys are rewritten only to refresh the proxy URL, never replaced."""
+        Existing keys are rewritten only to refresh the proxy URL, never replaced; a key whose
+        staticKey changed gets a static key under its id, or loses it (keyless)."""
         issued: dict[tuple[str, str], compile.IssuedKey] = {}
         created: list[tuple[str, str]] = []
         with self.locked():
@@ -298,22 +311,17 @@ class StateDir:
             for vk in virtual_keys:
                 namespace = vk.metadata.namespace or DEFAULT_NAMESPACE
                 name = vk.metadata.name
-                stored = self.read_key(namespace, name)
-                if stored is None:
-                    material = keysecret.issue(now)
-                    key, issued_at = material.key, material.issued_at
-                    self.write_key(namespace, name, key, issued_at, proxy_url)
-                    created.append((namespace, name))
-                else:
-                    key, issued_at = stored
-                    if self._stored_url(namespace, name) != proxy_url:
-                        self.write_key(namespace, name, key, issued_at, proxy_url)
-                parsed = keys.parse_key(key)
-                assert parsed is not None  # read_key and issue only return valid keys
+                material = self.read_key(namespace, name)
+                static = vk.spec.static_key
+                if material is None or static != (material.key is not None):
+                    if material is None:
+                        created.append((namespace, name))
+                    material = keysecret.issue(now, material.key_id if material else None, static=static)
+                    self.write_key(namespace, name, material, proxy_url)
+                elif self._stored_url(namespace, name) != proxy_url:
+                    self.write_key(namespace, name, material, proxy_url)
                 issued[(namespace, name)] = compile.IssuedKey(
-                    key_id=parsed.key_id,
-                    hashes=(config.SecretHash(sha256=keys.hash_secret(parsed.secret)),),
-                    issued_at=issued_at,
+                    key_id=material.key_id, hashes=material.hashes(now), issued_at=material.issued_at
                 )
         return issued, created
 

@@ -274,3 +274,45 @@ def test_issuer_settings_are_checked() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             settings.ProxySettings.from_env({"LLMKEYS_CONFIG_DIR": "/tmp/x", **env})
+
+
+async def test_the_readme_sdk_snippets_send_the_token_file_with_every_request(tmp_path: pathlib.Path) -> None:
+    import anthropic
+    import openai
+    from anthropic.lib.credentials import AccessToken
+
+    async with running(tmp_path) as (proxy, cluster, _, _source):
+        token_file = tmp_path / "token"
+        token_file.write_text(cluster.service_account_token(NS, "app"))
+        reads: list[str] = []
+
+        def read_token() -> str:
+            reads.append("openai")
+            return token_file.read_text().strip()
+
+        def claude_token(force_refresh: bool = False) -> AccessToken:
+            reads.append("anthropic")
+            return AccessToken(token_file.read_text().strip(), 0)
+
+        client = openai.OpenAI(api_key=read_token, base_url=f"{proxy.url}/v1", max_retries=0)
+        claude = anthropic.Anthropic(credentials=claude_token, base_url=proxy.url, max_retries=0)
+
+        def calls() -> None:
+            client.chat.completions.create(model="mock-small", messages=[{"role": "user", "content": "hi"}])
+            claude.models.list()
+            token_file.write_text(cluster.service_account_token(NS, "app", audience="elsewhere"))
+            try:
+                client.models.list()
+                raise AssertionError("the rotated (wrong-audience) token was not sent")
+            except openai.AuthenticationError as exc:
+                assert exc.code == "token_audience_invalid"
+            try:
+                claude.models.list()
+                raise AssertionError("the rotated (wrong-audience) token was not sent")
+            except anthropic.AuthenticationError as exc:
+                assert "audience" in str(exc)
+
+        await asyncio.to_thread(calls)
+        client.close()
+        claude.close()
+        assert reads.count("openai") >= 2 and reads.count("anthropic") >= 2

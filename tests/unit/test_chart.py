@@ -147,9 +147,28 @@ def env_of(docs: list[dict[str, Any]], deployment: str) -> dict[str, dict[str, A
     return {e["name"]: e for e in container(docs, deployment).get("env", [])}
 
 
+#: ClusterRoles every cluster has (Kubernetes' bootstrap policy), with their real rules.
+BUILT_IN_ROLES: dict[tuple[str, str | None, str], dict[str, Any]] = {
+    ("ClusterRole", None, "system:service-account-issuer-discovery"): {
+        "rules": [
+            {
+                "nonResourceURLs": [
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+                "verbs": ["get"],
+            }
+        ]
+    }
+}
+
+
 def rules_for_service_account(docs: list[dict[str, Any]], service_account: str) -> list[dict[str, Any]]:
     """Every RBAC rule bound to a ServiceAccount, tagged with the scope it applies in."""
     roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
+    roles.update(BUILT_IN_ROLES)
     granted: list[dict[str, Any]] = []
     for binding in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
         if not any(
@@ -319,11 +338,55 @@ def test_proxy_may_only_read_secrets_in_its_own_namespace(chart: helm.Chart) -> 
                 "resources": ["secrets"],
                 "verbs": ["list", "watch"],
                 "scope": NAMESPACE,
+            },
+            {
+                **BUILT_IN_ROLES[("ClusterRole", None, "system:service-account-issuer-discovery")]["rules"][
+                    0
+                ],
+                "scope": "cluster",
+            },
+        ]
+        # Cluster-wide, only the built-in role that reads the ServiceAccount issuer (keyless keys):
+        # GET /.well-known/openid-configuration and /openid/v1/jwks, nothing else.
+        cluster = [
+            b["roleRef"]
+            for b in find(docs, "ClusterRoleBinding")
+            for s in b["subjects"]
+            if s["name"] == f"{RELEASE}-proxy"
+        ]
+        assert cluster == [
+            {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:service-account-issuer-discovery",
             }
         ]
-        assert all(
-            s["name"] != f"{RELEASE}-proxy" for b in find(docs, "ClusterRoleBinding") for s in b["subjects"]
-        )
+    off = render(chart, {"proxy": {"identity": {"kubernetesIssuer": "off"}}})
+    assert not any(
+        s["name"] == f"{RELEASE}-proxy" for b in find(off, "ClusterRoleBinding") for s in b["subjects"]
+    )
+    env = env_of(off, f"{RELEASE}-proxy")
+    assert env["LLMKEYS_KUBERNETES_ISSUER"]["value"] == "off"
+    assert "LLMKEYS_TRUSTED_ISSUERS" not in env
+
+
+def test_trusted_issuers_and_audience_reach_proxy_and_operator(chart: helm.Chart) -> None:
+    github = "https://token.actions.githubusercontent.com"
+    values = {
+        "proxy": {"identity": {"trustedIssuers": [github, "https://gitlab.example.com"], "audience": "gw"}}
+    }
+    docs = render(chart, values)
+    proxy_env = env_of(docs, f"{RELEASE}-proxy")
+    assert proxy_env["LLMKEYS_TRUSTED_ISSUERS"]["value"] == f"{github},https://gitlab.example.com"
+    assert proxy_env["LLMKEYS_KUBERNETES_ISSUER"]["value"] == "auto"
+    assert proxy_env["LLMKEYS_TOKEN_AUDIENCE"]["value"] == "gw"
+    assert env_of(docs, f"{RELEASE}-operator")["LLMKEYS_TOKEN_AUDIENCE"]["value"] == "gw"
+    settings = proxy_settings.ProxySettings.from_env(
+        {"LLMKEYS_CONFIG_DIR": "/x", **{name: e["value"] for name, e in proxy_env.items() if "value" in e}}
+    )
+    assert settings.trusted_issuers == (github, "https://gitlab.example.com")
+    with pytest.raises(helm.HelmValuesError, match="trustedIssuers"):
+        render(chart, {"proxy": {"identity": {"trustedIssuers": ["http://issuer.example"]}}})
 
 
 def test_operator_gets_no_more_than_it_needs(chart: helm.Chart) -> None:

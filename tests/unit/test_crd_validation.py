@@ -143,6 +143,24 @@ CEL_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "budget names must be unique",
     ),
     (
+        "keyless-without-identities",
+        _with(KEY, staticKey=False),
+        "spec",
+        "staticKey: false needs at least one entry in identities",
+    ),
+    (
+        "identity-issuer-without-subject",
+        _with(KEY, identities=[{"issuer": "https://token.actions.githubusercontent.com"}]),
+        "spec.identities[0]",
+        "set either serviceAccount, or issuer and subject",
+    ),
+    (
+        "identity-serviceAccount-with-claims",
+        _with(KEY, identities=[{"serviceAccount": "app", "claims": {"ref": "main"}}]),
+        "spec.identities[0]",
+        "serviceAccount takes no issuer, subject or claims",
+    ),
+    (
         "selector-In-without-values",
         _with(POLICY, keySelector={"matchExpressions": [{"key": "tier", "operator": "In"}]}),
         "spec.keySelector.matchExpressions[0]",

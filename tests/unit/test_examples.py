@@ -116,12 +116,14 @@ def test_gitops_set_compiles_without_errors() -> None:
     problems = {ref: o.message for ref, o in result.keys.items() if o.reason != "Active"}
     assert problems == {}
     assert all(o.ready for o in result.credentials.values()), result.credentials
-    assert len(result.config.keys) == len(loaded["keys"]) == 6
+    assert len(result.config.keys) == len(loaded["keys"]) == 8
     assert len(result.config.providers) == 7
     # Each key is governed by exactly the policy of its namespace.
     policies = {ref: o.policies for ref, o in result.keys.items()}
     assert policies == {
         ("ci", "nightly-evals"): ["dev"],
+        ("ci", "github-evals"): ["dev"],
+        ("team-payments", "summarizer"): ["dev"],
         ("contractors", "bob-contractor"): ["contractors"],
         ("research", "research-agent"): ["prod"],
         ("support", "support-bot"): ["prod"],
@@ -154,7 +156,9 @@ def test_every_credential_secret_is_in_the_examples() -> None:
 
 
 def test_workload_mounts_an_example_key_secret() -> None:
-    (deployment,) = [d for _, d in GITOPS if d["kind"] == "Deployment"]
+    (deployment,) = [
+        d for _, d in GITOPS if d["kind"] == "Deployment" and d["metadata"]["name"] != "summarizer"
+    ]
     namespace = deployment["metadata"]["namespace"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     secret_names = [source["secretRef"]["name"] for source in container["envFrom"]]
@@ -164,6 +168,39 @@ def test_workload_mounts_an_example_key_secret() -> None:
         if d["kind"] == "VirtualKey" and d["metadata"]["namespace"] == namespace
     }
     assert secret_names and set(secret_names) <= key_secrets
+
+
+def test_keyless_workload_projects_a_token_its_key_binds() -> None:
+    loaded = _load(GITOPS)
+    result = _compile(loaded)
+    (deployment,) = [
+        d for _, d in GITOPS if d["kind"] == "Deployment" and d["metadata"]["name"] == "summarizer"
+    ]
+    namespace = deployment["metadata"]["namespace"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (volume,) = pod["volumes"]
+    (projected,) = volume["projected"]["sources"]
+    assert projected["serviceAccountToken"]["audience"] == "llmkeys"
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"]
+    token_path = f"{mount['mountPath']}/{projected['serviceAccountToken']['path']}"
+    assert f"$(cat {token_path})" in container["args"][0]  # read for every request
+    (key,) = [k for k in result.config.keys if k.namespace == namespace and k.name == "summarizer"]
+    assert key.hashes == ()  # keyless
+    assert key.identities == (
+        config.Identity(
+            issuer=config.KUBERNETES_ISSUER,
+            subject=f"system:serviceaccount:{namespace}:{pod['serviceAccountName']}",
+        ),
+    )
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == ["summarizer-llm-key"]
+    (github,) = [k for k in result.config.keys if k.name == "github-evals"]
+    assert github.hashes == () and github.identities[0].subject == "repo:acme/evals:ref:refs/heads/main"
+    workflow = yaml.safe_load((EXAMPLES / "ci" / "github-actions-workflow.yml").read_text())
+    assert workflow["permissions"]["id-token"] == "write"
+    assert "audience=llmkeys" in workflow["jobs"]["evals"]["steps"][1]["run"]
+    assert workflow["name"] == github.identities[0].claims["workflow"]
 
 
 def test_standalone_set_compiles_with_only_the_intended_failures() -> None:

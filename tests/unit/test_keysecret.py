@@ -151,3 +151,43 @@ def test_a_key_secret_from_before_the_secret_label_gets_it_on_repair() -> None:
 def test_material_repr_hides_the_key() -> None:
     material = keysecret.issue(NOW)
     assert material.key not in repr(material)
+
+
+KEYLESS = {"staticKey": False, "identities": [{"serviceAccount": "app"}]}
+
+
+def test_a_keyless_secret_holds_no_secret_and_reads_back_as_its_key_id() -> None:
+    material = keysecret.issue(NOW, static=False)
+    assert material.key is None and keys.is_key_id(material.key_id)
+    assert material.hashes(NOW) == () and keysecret.rotation_due(vk(**KEYLESS), material, NOW) is None
+    body = keysecret.build_key_secret(vk(**KEYLESS), material, "https://llm.example.com/", "gateway")
+    data = decoded(body)
+    assert data == {
+        "LLMKEYS_KEY_ID": material.key_id,
+        "LLMKEYS_BASE_URL": "https://llm.example.com",
+        "LLMKEYS_AUTH": "workload-token",
+        "LLMKEYS_TOKEN_AUDIENCE": "gateway",
+        "OPENAI_BASE_URL": "https://llm.example.com/v1",
+        "ANTHROPIC_BASE_URL": "https://llm.example.com",
+        "AZURE_OPENAI_ENDPOINT": "https://llm.example.com",
+        "GOOGLE_GEMINI_BASE_URL": "https://llm.example.com",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "https://llm.example.com",
+    }
+    assert body["metadata"]["labels"][keysecret.LABEL_KEY_ID] == material.key_id
+    read = keysecret.read_key_secret(body)
+    assert read is not None and read.key is None and read.key_id == material.key_id
+
+
+def test_becoming_keyless_removes_every_static_key_entry_and_keeps_user_entries() -> None:
+    static = keysecret.issue(NOW)
+    existing = keysecret.build_key_secret(vk(), static, "http://proxy")
+    existing["data"]["MY_SETTING"] = base64.b64encode(b"kept").decode()
+    keyless = keysecret.issue(NOW, static.key_id, static=False)
+    patch = keysecret.repair_patch(existing, vk(**KEYLESS), keyless, "http://proxy")
+    assert patch is not None
+    removed = {name for name, value in patch["data"].items() if value is None}
+    assert removed == set(keysecret.STATIC_KEY_ENTRIES)
+    assert "MY_SETTING" not in patch["data"]
+    merged = {k: v for k, v in {**existing["data"], **patch["data"]}.items() if v is not None}
+    assert static.key not in "".join(base64.b64decode(v).decode() for v in merged.values())
+    assert keysecret.read_key_secret({**existing, "data": merged}).key_id == static.key_id  # type: ignore[union-attr]
