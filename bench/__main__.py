@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from bench import processes, report, scenarios, stats
+from bench import identity_issuer, processes, report, scenarios, stats
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -189,6 +189,7 @@ class Runner:
         redis_url: str,
         log_dir: pathlib.Path,
         stall_audit: bool = False,
+        issuer_url: str = "",
     ) -> Iterator[tuple[processes.ManagedProcess, str]]:
         managed, base_url, start = scenarios.start_proxy(
             label,
@@ -197,6 +198,7 @@ class Runner:
             log_dir=log_dir,
             cpus=self.layout.proxy_cpus,
             stall_audit=stall_audit,
+            issuer_url=issuer_url,
         )
         self.starts.append(start)
         log(f"  proxy ({label}) ready in {start.ready_s:.2f} s, idle RSS {start.idle_rss_mb_per_worker} MB")
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpus=layout.load_cpus,
             ) as (upstream_url, upstreams),
             processes.redis_server(log_dir=log_dir, cpus=layout.load_cpus) as (redis_url, redis_process),
+            identity_issuer.running_issuer() as issuer,
         ):
             runner.load_pids = [managed.pid for managed in upstreams] + [redis_process.pid]
             group = runner.selected("direct")
@@ -275,9 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except Exception as exc:
                 config_error = f"cannot write the proxy config: {type(exc).__name__}: {exc}"
+            token = issuer.token(scenarios.KEY_NAMESPACE, scenarios.KEYLESS_ACCOUNT)
             for target, label, redis, key in (
                 ("proxy", "memory", "", bench_keys.unlimited),
                 ("proxy-audit-stalled", "memory, stalled audit sink", "", bench_keys.unlimited),
+                ("proxy-jwt", "jwt", "", token),
                 ("proxy-redis", "redis", redis_url, bench_keys.limited),
             ):
                 group = runner.selected(target)  # type: ignore[arg-type]
@@ -290,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     stall = target == "proxy-audit-stalled"
                     with runner.proxy(
-                        label, config_dir=config_dir, redis_url=redis, log_dir=log_dir, stall_audit=stall
+                        label,
+                        config_dir=config_dir,
+                        redis_url=redis,
+                        log_dir=log_dir,
+                        stall_audit=stall,
+                        issuer_url=issuer.url if target == "proxy-jwt" else "",
                     ) as (managed, base_url):
                         runner.run_group(group, base_url=base_url, api_key=key, proxy=managed)
                         if stall:

@@ -151,6 +151,20 @@ def check_targets(
                 summary.requests_per_s >= goal and summary.errors == 0,
             )
         )
+    # Keyless keys: a repeated token is verified once, then looked up; the rest of the path is the same.
+    static, keyless = summaries.get("proxy-1c"), summaries.get("jwt-1c")
+    if static is not None and keyless is not None:
+        extra_ms = keyless.p50_ms - static.p50_ms
+        checks.append(
+            TargetCheck(
+                "1 conn, JWT identity vs static key: p50",
+                "<= +0.1 ms",
+                f"{extra_ms:+.3f} ms (jwt-1c vs proxy-1c)",
+                extra_ms <= 0.1,
+            )
+        )
+    else:
+        checks.append(TargetCheck("1 conn, JWT identity vs static key: p50", "<= +0.1 ms", "-", None))
     if idle_rss_mb:
         worst = max(idle_rss_mb)
         checks.append(TargetCheck("idle RSS per worker", "<= 80 MB", f"{worst:.1f} MB (max)", worst <= 80))

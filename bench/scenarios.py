@@ -23,11 +23,13 @@ from typing import Literal
 from bench import loadgen, processes, stats
 from llmkeys_proxy import config, keys
 
-Target = Literal["direct", "floor", "proxy", "proxy-redis", "proxy-audit-stalled"]
+Target = Literal["direct", "floor", "proxy", "proxy-redis", "proxy-audit-stalled", "proxy-jwt"]
 
 UPSTREAM_API_KEY = "sk-upstream-bench-0123456789"
 BENCH_MODEL = "gpt-bench"
 KEY_NAMESPACE = "bench"
+#: The ServiceAccount (of KEY_NAMESPACE) the keyless key binds; its token is what the jwt scenarios send.
+KEYLESS_ACCOUNT = "bench"
 #: Directory holding another checkout's `proxy/` and `operator/` to run as the proxy instead of
 #: this one (before/after comparisons across commits); set by `--proxy-src`.
 PROXY_SRC_ENV = "BENCH_PROXY_SRC"
@@ -66,6 +68,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         False,
         "direct",
     ),
+    Scenario(
+        "jwt",
+        "proxy, keyless key (ServiceAccount JWT), no limits, 32 conns",
+        "proxy-jwt",
+        32,
+        False,
+        "direct",
+    ),
+    Scenario("jwt-1c", "proxy, keyless key (ServiceAccount JWT), 1 conn", "proxy-jwt", 1, False, "direct-1c"),
     Scenario("redis", "proxy, RPM+TPM+spend on Redis, 32 conns", "proxy-redis", 32, False, "direct"),
     Scenario(
         "redis-stream", "proxy, limits on Redis, SSE, 32 conns", "proxy-redis", 32, True, "direct-stream"
@@ -189,10 +200,22 @@ def build_proxy_config(upstream_url: str, bench_keys: BenchKeys) -> config.Proxy
         tokens_per_day=1_000_000_000_000,
         spend_per_month_micro_usd=1_000_000_000_000_000,
     )
+    keyless = _key_entry("keyless", keys.generate_key(), config.Limits()).model_copy(
+        update={
+            "hashes": (),
+            "identities": (
+                config.Identity(
+                    issuer=config.KUBERNETES_ISSUER,
+                    subject=f"system:serviceaccount:{KEY_NAMESPACE}:{KEYLESS_ACCOUNT}",
+                ),
+            ),
+        }
+    )
     return config.ProxyConfig(
         keys=(
             _key_entry("unlimited", bench_keys.unlimited, config.Limits()),
             _key_entry("limited", bench_keys.limited, high_limits),
+            keyless,
         ),
         providers=(provider,),
     )
@@ -218,7 +241,12 @@ STALLED_AUDIT_QUEUE = 1000
 
 
 def proxy_env(
-    config_dir: pathlib.Path, port: int, redis_url: str, workers: int, stall_audit: bool = False
+    config_dir: pathlib.Path,
+    port: int,
+    redis_url: str,
+    workers: int,
+    stall_audit: bool = False,
+    issuer_url: str = "",
 ) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("LLMKEYS_")}
     env.update(
@@ -229,6 +257,8 @@ def proxy_env(
         LLMKEYS_CONFIG_DIR=str(config_dir),
         LLMKEYS_REDIS_URL=redis_url,
         LLMKEYS_LOG_LEVEL="INFO",
+        # The jwt scenarios' issuer (bench.identity_issuer) stands in for the cluster's.
+        LLMKEYS_KUBERNETES_ISSUER=issuer_url or "off",
     )
     if stall_audit:
         env["LLMKEYS_AUDIT_QUEUE_SIZE"] = str(STALLED_AUDIT_QUEUE)
@@ -249,6 +279,7 @@ def start_proxy(
     cpus: set[int] | None,
     workers: int = 1,
     stall_audit: bool = False,
+    issuer_url: str = "",
 ) -> tuple[processes.ManagedProcess, str, ProxyStart]:
     """Start `llmkeys proxy`, wait for /readyz; returns the process, its base URL and start facts.
     `stall_audit`: the proxy's stdout (its audit sink) goes to a pipe nobody reads, so the sink's
@@ -259,7 +290,7 @@ def start_proxy(
         proxy_command(),
         log_dir=log_dir,
         cpus=cpus,
-        env=proxy_env(config_dir, port, redis_url, workers, stall_audit),
+        env=proxy_env(config_dir, port, redis_url, workers, stall_audit, issuer_url),
         capture_stdout=stall_audit,
     )
     base_url = f"http://127.0.0.1:{port}"
