@@ -15,7 +15,9 @@ at most once per `min_refresh_interval_s` per issuer, and kept for `max_stale_s`
 cannot be reached. A verified token is cached until it expires, so a repeated token costs one
 dictionary lookup; which key it may use is decided per request by auth.py from the current config,
 so a removed binding stops working with the next config even for cached tokens. A refresh that
-drops a key also drops the cached tokens it signed. Tokens are never logged.
+drops a key also drops the cached tokens it signed. Tokens are never logged. PyJWT (and
+cryptography, ~9 MB and ~0.2 s) is imported only by a proxy that trusts an issuer, when its verifier
+is built (`load_jose`), never on the first request.
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import jwt
 import orjson
 
 from llmkeys_proxy import config, errors, kubesource, settings
+
+if TYPE_CHECKING:
+    import jwt
 
 logger = logging.getLogger("llmkeys.proxy.identity")
 
@@ -177,6 +182,7 @@ class TokenVerifier:
         max_stale_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        load_jose()
         self.audience = audience
         self.skew_s = skew_s
         self.refresh_interval_s = refresh_interval_s
@@ -264,6 +270,8 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify `token` (or find it cached); raises ProxyError with a stable token_* code."""
+        import jwt
+
         hit = self.cached(token)
         if hit is not None:
             return hit
@@ -472,6 +480,8 @@ class TokenVerifier:
 
 def parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
     """The usable signing keys of a JWKS (RS256 with >= 2048 bits, ES256), by kid."""
+    import jwt
+
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise IssuerFetchError("JWKS without a keys list")
@@ -492,6 +502,12 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
         kid = entry.get("kid")
         found[kid if isinstance(kid, str) else ""] = key
     return found
+
+
+def load_jose() -> None:
+    """Import PyJWT (and cryptography) now: verifiers call it when built, before serving, and the
+    proxy's master process before forking workers so they share the pages."""
+    importlib.import_module("jwt")
 
 
 def _refused(code: str, message: str) -> errors.ProxyError:

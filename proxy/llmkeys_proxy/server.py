@@ -393,6 +393,8 @@ def _run_workers(proxy_settings: settings.ProxySettings) -> int:
     importlib.import_module(
         "llmkeys_proxy.limits.redis" if proxy_settings.redis_url else "llmkeys_proxy.limits.memory"
     )
+    if proxy_settings.trusted_issuers or proxy_settings.kubernetes_issuer != "off":
+        importlib.import_module("llmkeys_proxy.identity").load_jose()
     # Built once here, the encodings' tables are shared copy-on-write by every forked worker.
     preload_encodings(proxy_settings)
     context = multiprocessing.get_context("fork")
