@@ -68,6 +68,8 @@ async def _readyz(request: web.Request) -> web.Response:
             ),
         },
         "limiter": "ok" if limiter_ok else "unreachable",
+        # Token issuers do not decide readiness (static keys keep working); shown for diagnosis.
+        "issuers": state.verifier.status() if state.verifier is not None else [],
     }
     return web.Response(
         status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json"

@@ -154,6 +154,10 @@ async def test_a_service_account_token_works_and_every_bad_token_gets_401_with_i
         )
         assert code_of((await call(proxy, branch))[1]) == "token_not_bound"
         assert cluster.requests["refused"] == 0  # the pod's token went with every fetch
+        async with aiohttp.ClientSession() as session, session.get(f"{proxy.url}/readyz") as response:
+            issuers = {i["name"]: i for i in (await response.json())["issuers"]}
+        assert issuers[config.KUBERNETES_ISSUER]["issuer"] == cluster.url
+        assert issuers[config.KUBERNETES_ISSUER]["keys"] == 2 and issuers[github.url]["error"] is None
         assert cluster.requests["jwks"] >= 1 and github.requests["jwks"] >= 1
 
 
