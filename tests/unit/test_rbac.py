@@ -5,8 +5,10 @@ Operator: every `KubeClient` call site (an AST scan of the package: method name 
 resource constant passed, `subresource=`), plus what kopf does for the handlers in
 `handlers.REGISTRY` (list+watch per watched resource, a merge patch of annotations on resources
 with change handlers, Events, the CRD scan) and the `blockOwnerDeletion` of key Secrets' owner
-references. Proxy: the requests `KubernetesSource` really sends, recorded by an API stand-in on
-loopback and classified with the API server's verb rules.
+references. Proxy: the requests `KubernetesSource` and the token verifier's cluster issuer really
+send, recorded by an API stand-in on loopback and classified with the API server's verb rules
+(non-resource URLs as `("nonResourceURL", path)`, granted by the built-in
+system:service-account-issuer-discovery ClusterRole, whose rules are Kubernetes' bootstrap policy).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import yaml
 from aiohttp import web
 
 from llmkeys_operator import api, handlers, keysecret, kube, runner, settings
-from llmkeys_proxy import kubesource
+from llmkeys_proxy import identity, kubesource
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OPERATOR_DIR = REPO / "operator" / "llmkeys_operator"
@@ -32,6 +34,21 @@ RELEASE, NAMESPACE = "llmkeys", "llmkeys-system"
 KUBE_METHODS = {"get", "list", "create", "patch", "delete"}  # KubeClient method = RBAC verb
 
 Grants = dict[tuple[str, str], set[str]]  # (apiGroup, resource[/subresource]) -> verbs
+#: Built-in ClusterRoles the chart binds (not rendered by it): Kubernetes' bootstrap policy
+#: (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go).
+BUILTIN_CLUSTER_ROLES: dict[str, list[dict[str, Any]]] = {
+    "system:service-account-issuer-discovery": [
+        {
+            "nonResourceURLs": [
+                "/.well-known/openid-configuration",
+                "/.well-known/openid-configuration/",
+                "/openid/v1/jwks",
+                "/openid/v1/jwks/",
+            ],
+            "verbs": ["get"],
+        }
+    ],
+}
 
 
 # ---------------------------------------------------------------------------------- the operator
@@ -197,7 +214,10 @@ def operator_needs() -> Grants:
 
 
 def verb_of(method: str, path: str, query: dict[str, str]) -> tuple[str, str]:
-    """(resource, verb) of a request, by the API server's rules (collection vs object, ?watch)."""
+    """(resource, verb) of a request, by the API server's rules (collection vs object, ?watch);
+    a path outside /api and /apis is a non-resource URL: (path, lower-case method)."""
+    if not path.startswith(("/api/", "/apis/")):
+        return path, method.lower()
     parts = path.strip("/").split("/")
     parts = parts[2:] if parts[0] == "api" else parts[3:]  # drop /api/v1 or /apis/<group>/<version>
     if parts[:1] == ["namespaces"] and len(parts) > 2:
@@ -211,11 +231,17 @@ def verb_of(method: str, path: str, query: dict[str, str]) -> tuple[str, str]:
 
 
 async def proxy_requests() -> set[tuple[str, str]]:
-    """Run the proxy's config source against an API stand-in; the (resource, verb) pairs it sent."""
+    """Run the proxy's config source and its cluster token issuer against an API stand-in; the
+    (resource or non-resource URL, verb) pairs they sent."""
     seen: list[tuple[str, str, dict[str, str]]] = []
+    base = ""
 
     async def secrets(request: web.Request) -> web.StreamResponse:
         seen.append((request.method, request.path, dict(request.query)))
+        if request.path == "/.well-known/openid-configuration":
+            return web.json_response({"issuer": "https://kubernetes.default.svc", "jwks_uri": base + "/x"})
+        if request.path == "/openid/v1/jwks":
+            return web.json_response({"keys": []})
         if request.query.get("watch") == "true":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -230,20 +256,29 @@ async def proxy_requests() -> set[tuple[str, str]]:
     site = web.TCPSite(runner_, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    source = kubesource.KubernetesSource(
-        NAMESPACE, access=kubesource.ApiAccess(server=f"http://127.0.0.1:{port}"), retry_s=0.05
-    )
+    base = f"http://127.0.0.1:{port}"
+    access = kubesource.ApiAccess(server=base)
+    source = kubesource.KubernetesSource(NAMESPACE, access=access, retry_s=0.05)
+    verifier = identity.TokenVerifier([identity.IssuerSource.kubernetes(access)])
     await source.start()
+    await verifier.start()
     try:
         for _ in range(100):
-            if source.watches >= 2:
+            if source.watches >= 2 and verifier.status()[0]["age_s"] is not None:
                 break
             await asyncio.sleep(0.02)
     finally:
+        await verifier.close()
         await source.stop()
         await runner_.cleanup()
     assert source.lists >= 1 and source.watches >= 2
-    assert all(path == f"/api/v1/namespaces/{NAMESPACE}/secrets" for _, path, _ in seen)
+    assert verifier.status()[0]["error"] is None  # discovery and JWKS were read
+    paths = {path for _, path, _ in seen}
+    assert paths == {
+        f"/api/v1/namespaces/{NAMESPACE}/secrets",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+    }
     return {verb_of(method, path, query) for method, path, query in seen}
 
 
@@ -270,8 +305,15 @@ def granted(docs: list[dict[str, Any]], service_account: str) -> Grants:
             continue
         ref = binding["roleRef"]
         namespace = None if ref["kind"] == "ClusterRole" else binding["metadata"]["namespace"]
-        for rule in roles[(ref["kind"], namespace, ref["name"])]["rules"]:
-            assert "nonResourceURLs" not in rule
+        if ref["kind"] == "ClusterRole" and ref["name"] in BUILTIN_CLUSTER_ROLES:
+            rules = BUILTIN_CLUSTER_ROLES[ref["name"]]
+        else:
+            rules = roles[(ref["kind"], namespace, ref["name"])]["rules"]
+        for rule in rules:
+            if "nonResourceURLs" in rule:
+                for url in rule["nonResourceURLs"]:
+                    grants.setdefault(("nonResourceURL", url), set()).update(rule["verbs"])
+                continue
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     grants.setdefault((group, resource), set()).update(rule["verbs"])
@@ -302,6 +344,13 @@ def test_operator_rbac_is_exactly_what_the_code_and_kopf_call() -> None:
 
 def test_proxy_rbac_is_exactly_what_its_config_source_sends() -> None:
     sent = asyncio.run(proxy_requests())
-    assert sent == {("secrets", "list"), ("secrets", "watch")}
+    urls = {"/.well-known/openid-configuration", "/openid/v1/jwks"}
+    assert sent == {("secrets", "list"), ("secrets", "watch"), *((url, "get") for url in urls)}
+    resources = {("", resource): {verb for r, verb in sent if r == resource} for resource, _ in sent}
+    resources = {k: v for k, v in resources.items() if k[1] not in urls}
     have = granted(rendered(), f"{RELEASE}-proxy")
-    assert have == {("", resource): {verb for r, verb in sent if r == resource} for resource, _ in sent}
+    # The issuer-discovery role also allows the same URLs with a trailing slash: nothing more.
+    assert have == resources | {("nonResourceURL", u): {"get"} for url in urls for u in (url, url + "/")}
+    # Without the cluster's issuer (identities of ServiceAccounts off), the proxy reads Secrets only.
+    off = granted(rendered({"proxy": {"identity": {"kubernetesIssuer": "off"}}}), f"{RELEASE}-proxy")
+    assert off == resources
