@@ -187,3 +187,30 @@ async def test_id_tokens_for_another_audience_nonce_or_issuer_or_with_a_bad_sign
             await client.validate_id_token(unsigned, "nonce-1")
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("claims", "prefix", "refused"),
+    [
+        ({"email": "system:admin"}, "", "username may not start with 'system:'"),
+        ({"email": "alice@example.com", "groups": ["system:masters"]}, "", "group may not start"),
+        ({"email": "alice@example.com", "groups": ["system:masters"]}, "oidc:", None),
+    ],
+)
+def test_identities_reserved_by_kubernetes_are_never_impersonated(
+    claims: dict[str, object], prefix: str, refused: str | None
+) -> None:
+    def build() -> identity.Identity:
+        return identity.from_claims(
+            claims,
+            username_claim="email",
+            username_prefix="",
+            groups_claim="groups",
+            groups_prefix=prefix,
+        )
+
+    if refused is None:
+        assert build().groups == ("oidc:system:masters",)
+    else:
+        with pytest.raises(identity.IdentityError, match=refused):
+            build()

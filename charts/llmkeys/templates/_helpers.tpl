@@ -211,3 +211,16 @@ egress:
 {{- define "llmkeys.webhook.serviceName" -}}{{ include "llmkeys.fullname" . }}-webhook{{- end -}}
 {{- define "llmkeys.webhook.secretName" -}}{{ include "llmkeys.fullname" . }}-webhook-tls{{- end -}}
 {{- define "llmkeys.webhook.certDir" -}}/etc/llmkeys/webhook-tls{{- end -}}
+
+{{/* The self-service portal (templates/portal*.yaml). */}}
+{{- define "llmkeys.portal.fullname" -}}{{ include "llmkeys.fullname" . }}-portal{{- end -}}
+{{- define "llmkeys.portal.serviceAccountName" -}}
+{{- if .Values.portal.serviceAccount.create -}}
+{{- default (include "llmkeys.portal.fullname" .) .Values.portal.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.portal.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+{{- define "llmkeys.portal.sessionSecretName" -}}
+{{- .Values.portal.session.keySecret.name | default (printf "%s-session" (include "llmkeys.portal.fullname" .)) -}}
+{{- end -}}

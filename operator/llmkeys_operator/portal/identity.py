@@ -11,6 +11,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+#: Kubernetes reserves this prefix for its own users and groups (system:masters is cluster-admin,
+#: system:serviceaccount:... are workloads): the portal never impersonates such an identity.
+RESERVED_PREFIX = "system:"
 #: Bounds that keep an identity fit for a header and a cookie.
 MAX_NAME_CHARS = 256
 MAX_GROUPS = 64
@@ -56,6 +59,8 @@ def from_claims(
         # The API server refuses unverified e-mail usernames; so does the portal.
         raise IdentityError("the ID token's email is not verified (email_verified is false)")
     username = _clean(username_prefix + raw, "the username")
+    if username.startswith(RESERVED_PREFIX):
+        raise IdentityError(f"the username may not start with {RESERVED_PREFIX!r} (reserved by Kubernetes)")
     raw_groups = claims.get(groups_claim) if groups_claim else None
     if raw_groups is None:
         groups: list[str] = []
@@ -68,4 +73,6 @@ def from_claims(
     if len(groups) > MAX_GROUPS:
         raise IdentityError(f"the ID token names {len(groups)} groups; the portal takes at most {MAX_GROUPS}")
     cleaned = tuple(dict.fromkeys(_clean(groups_prefix + g, "a group name") for g in groups))
+    if any(group.startswith(RESERVED_PREFIX) for group in cleaned):
+        raise IdentityError(f"a group may not start with {RESERVED_PREFIX!r} (reserved by Kubernetes)")
     return Identity(username=username, groups=cleaned)
